@@ -1,0 +1,134 @@
+// drayage's configuration: one YAML file, typed and validated at start-up.
+//
+// Every key documented in conf/drayage.yml maps to one field below; the defaults here are the
+// defaults there. `storage.s3` keys carry the Docker Distribution s3 driver's names and meanings,
+// so an operator can paste the registry's block. Every key can be overridden from the environment
+// as DRAYAGE_<PATH> (upper-cased, '.' -> '_'), e.g. DRAYAGE_STORAGE_S3_SECRETKEY.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "drayage/util/result.hpp"
+
+namespace drayage::config {
+
+using Seconds = std::chrono::seconds;
+using Millis = std::chrono::milliseconds;
+
+constexpr std::uint64_t KiB = 1024;
+constexpr std::uint64_t MiB = 1024 * KiB;
+constexpr std::uint64_t GiB = 1024 * MiB;
+
+struct LogConfig {
+    std::string level = "info";  // trace|debug|info|warn|error|off
+    std::string format = "text"; // text|json
+    std::string file;            // empty: stderr; reopened on SIGHUP
+};
+
+struct HttpLimits {
+    std::uint64_t max_request_line = 8 * KiB;    // 414 past this
+    std::uint64_t max_header_bytes = 64 * KiB;   // 431 past this (all header lines together)
+    std::uint64_t max_headers = 100;             // 431 past this many header fields
+    std::uint64_t max_body = 0;                  // 0: routes decide; else a global cap (413)
+    Millis header_timeout{10'000};               // whole request head must arrive in this (408)
+    Millis idle_timeout{60'000};                 // keep-alive connection with no request
+    Millis body_timeout{60'000};                 // no body byte for this long: close
+    Millis send_timeout{300'000};                // client reads nothing for this long: close
+    std::uint64_t max_connections = 4096;        // accepts past this are closed at once
+    Millis shutdown_grace{30'000};               // SIGTERM: in-flight requests get this long
+};
+
+struct TlsConfig {
+    std::string certificate;  // PEM file; empty with `key` empty: plain HTTP
+    std::string key;
+};
+
+struct HttpConfig {
+    std::string addr = ":5000";  // [host]:port; empty host means all interfaces
+    HttpLimits limits;
+    TlsConfig tls;
+};
+
+struct CacheConfig {
+    std::string path = "/var/lib/drayage/cache";
+    std::uint64_t max_size = 10 * GiB;
+    bool complete_orphan_fills = true;  // a fill whose readers all left still completes
+};
+
+struct UpstreamConfig {
+    std::string url = "https://registry-1.docker.io";  // empty: no pull-through source
+    std::string username;
+    std::string password;  // secret
+    Seconds manifest_ttl{300};      // tags are revalidated upstream after this
+    Seconds max_stale{86'400};      // stale-if-error limit for tag manifests
+    Millis connect_timeout{5'000};
+    Millis response_timeout{30'000};  // until the response head arrives
+    Millis stall_timeout{30'000};     // body bytes stop arriving for this long
+};
+
+struct S3RetryConfig {
+    int max_attempts = 5;
+    Millis base_delay{100};
+    Millis max_delay{10'000};
+};
+
+struct S3MultipartConfig {
+    int concurrency = 4;  // parts in flight per upload/copy
+};
+
+// storage.s3, with the Distribution s3 driver's key names.
+struct S3Config {
+    std::string accesskey;  // empty: AWS_ACCESS_KEY_ID
+    std::string secretkey;  // secret; empty: AWS_SECRET_ACCESS_KEY
+    std::string sessiontoken;  // secret; empty: AWS_SESSION_TOKEN
+    std::string region = "us-east-1";
+    std::string regionendpoint;  // set: path-style requests to this endpoint
+    std::string bucket;          // required
+    bool encrypt = false;
+    std::string keyid;  // with encrypt: aws:kms with this key
+    bool secure = true;
+    bool skipverify = false;
+    bool v4auth = true;
+    std::uint64_t chunksize = 10 * MiB;  // >= 5 MiB
+    std::string rootdirectory;
+    std::string storageclass = "STANDARD";  // STANDARD|REDUCED_REDUNDANCY|... or NONE
+    bool writethrough = false;  // store upstream-fetched blobs in the bucket too
+    S3MultipartConfig multipart;
+    S3RetryConfig retry;
+};
+
+struct StorageConfig {
+    std::optional<S3Config> s3;
+};
+
+struct Config {
+    LogConfig log;
+    HttpConfig http;
+    CacheConfig cache;
+    UpstreamConfig upstream;
+    StorageConfig storage;
+
+    std::string source_file;  // the file it was loaded from, for messages
+};
+
+// Loads `path`, applies DRAYAGE_* overrides from `env` (pass environ-derived pairs; tests pass
+// their own), validates. On failure the Error's message is the single line to print: key path,
+// file:line where known, and what is expected. Exit status 2 is the caller's job.
+Result<Config> load_file(const std::string& path, const std::map<std::string, std::string>& env);
+
+// Same from a string (tests); `name` stands in for the file name in messages.
+Result<Config> load_string(const std::string& yaml, const std::string& name,
+                           const std::map<std::string, std::string>& env);
+
+// The effective configuration as YAML, secrets replaced by "<redacted>".
+std::string render_redacted(const Config& config);
+
+// The process environment as a map (only DRAYAGE_* entries are used by the loader).
+std::map<std::string, std::string> environment();
+
+}  // namespace drayage::config

@@ -1,0 +1,44 @@
+"""Shared pytest setup for drayage's integration tests.
+
+Every test talks to real programs on 127.0.0.1 on ports it picks; fixtures start and stop them.
+The build directory comes from DRAYAGE_BUILD_DIR (default: build/ at the project root).
+"""
+import os
+import pathlib
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from harness.drayage import Drayage  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def build_dir() -> pathlib.Path:
+    d = pathlib.Path(os.environ.get("DRAYAGE_BUILD_DIR", ROOT / "build")).resolve()
+    if not (d / "src" / "drayage").exists():
+        pytest.fail(f"no drayage binary under {d}; build first (ninja -C {d})")
+    return d
+
+
+@pytest.fixture
+def drayage_bin(build_dir) -> pathlib.Path:
+    return build_dir / "src" / "drayage"
+
+
+@pytest.fixture
+def drayage_factory(drayage_bin, tmp_path):
+    """Starts drayage processes with a config dict; stops them all at teardown."""
+    started = []
+
+    def start(config: dict, env: dict | None = None, name: str = "drayage") -> Drayage:
+        d = Drayage(drayage_bin, tmp_path / name, config, env=env)
+        d.start()
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.stop()

@@ -1,0 +1,1 @@
+"""Test harness: start and stop the real peers (drayage, Swift, docker-registry, clients)."""

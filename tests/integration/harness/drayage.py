@@ -1,0 +1,85 @@
+"""Runs build/drayage with a generated config on a free loopback port."""
+import copy
+import os
+import pathlib
+import signal
+import subprocess
+
+import yaml
+
+from .net import free_port, wait_for_port
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+class Drayage:
+    """One drayage process. `config` is merged over a minimal local default (no upstream)."""
+
+    def __init__(self, binary: pathlib.Path, workdir: pathlib.Path, config: dict, env=None):
+        self.binary = pathlib.Path(binary)
+        self.workdir = pathlib.Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        base = {
+            "log": {"level": "info"},
+            "http": {"addr": f"127.0.0.1:{self.port}"},
+            "cache": {"path": str(self.workdir / "cache"), "max_size": "1GiB"},
+            "upstream": {"url": ""},
+        }
+        self.config = deep_merge(base, config or {})
+        if "addr" in self.config.get("http", {}):
+            self.port = int(str(self.config["http"]["addr"]).rsplit(":", 1)[1])
+        self.config_path = self.workdir / "drayage.yml"
+        self.log_path = self.workdir / "drayage.log"
+        self.env = env
+        self.proc = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True) -> "Drayage":
+        self.config_path.write_text(yaml.safe_dump(self.config))
+        env = dict(os.environ)
+        env.update(self.env or {})
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [str(self.binary), "--config", str(self.config_path)],
+            stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        if wait:
+            try:
+                wait_for_port(self.port, proc=self.proc, what="drayage")
+            except Exception:
+                self.stop()
+                raise RuntimeError("drayage failed to start:\n" + self.log())
+        return self
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def signal(self, sig) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
