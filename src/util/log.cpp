@@ -1,11 +1,11 @@
 #include "drayage/util/log.hpp"
 
-#include <memory>
-#include <mutex>
-
 #include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_sinks.h>
+
+#include <memory>
+#include <mutex>
 
 namespace drayage::log {
 namespace {
@@ -141,9 +141,10 @@ void access(const AccessRecord& r) {
     double ms = static_cast<double>(r.duration.count()) / 1000.0;
     // The same fields in both formats; in JSON mode the whole line is escaped into "msg", so keep
     // it key=value shaped to stay greppable and parseable either way.
-    spdlog::info("access peer={} method={} path=\"{}\" status={} in={} out={} ms={:.3f} outcome={}{}{}",
-                 r.peer, r.method, r.path, r.status, r.bytes_in, r.bytes_out, ms,
-                 r.outcome.empty() ? "-" : r.outcome, r.user.empty() ? "" : " user=", r.user);
+    spdlog::info(
+        "access peer={} method={} path=\"{}\" status={} in={} out={} ms={:.3f} outcome={}{}{}",
+        r.peer, r.method, r.path, r.status, r.bytes_in, r.bytes_out, ms,
+        r.outcome.empty() ? "-" : r.outcome, r.user.empty() ? "" : " user=", r.user);
 }
 
 }  // namespace drayage::log

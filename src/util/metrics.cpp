@@ -1,8 +1,8 @@
 #include "drayage/util/metrics.hpp"
 
-#include <cstdlib>
-
 #include <fmt/format.h>
+
+#include <cstdlib>
 
 namespace drayage::metrics {
 namespace {

@@ -2,11 +2,11 @@
 // `log.file`. The file is reopened by `reopen()` (SIGHUP), so logrotate can move it away.
 #pragma once
 
+#include <spdlog/spdlog.h>
+
 #include <chrono>
 #include <cstdint>
 #include <string>
-
-#include <spdlog/spdlog.h>
 
 #include "drayage/util/result.hpp"
 

@@ -1,6 +1,6 @@
-#include <catch2/catch.hpp>
-
 #include "drayage/util/log.hpp"
+
+#include <catch2/catch.hpp>
 
 using drayage::log::json_escape;
 

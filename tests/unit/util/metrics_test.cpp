@@ -1,6 +1,6 @@
-#include <catch2/catch.hpp>
-
 #include "drayage/util/metrics.hpp"
+
+#include <catch2/catch.hpp>
 
 using drayage::metrics::Registry;
 
@@ -11,8 +11,10 @@ TEST_CASE("metrics render counters and gauges in Prometheus text format") {
     r.gauge("drayage_open_connections", "Open connections.").set(7);
     std::string text = r.render();
     CHECK(text.find("# TYPE drayage_requests_total counter\n") != std::string::npos);
-    CHECK(text.find("drayage_requests_total{method=\"GET\",status=\"200\"} 3\n") != std::string::npos);
-    CHECK(text.find("drayage_requests_total{method=\"HEAD\",status=\"404\"} 1\n") != std::string::npos);
+    CHECK(text.find("drayage_requests_total{method=\"GET\",status=\"200\"} 3\n") !=
+          std::string::npos);
+    CHECK(text.find("drayage_requests_total{method=\"HEAD\",status=\"404\"} 1\n") !=
+          std::string::npos);
     CHECK(text.find("# TYPE drayage_open_connections gauge\ndrayage_open_connections 7\n") !=
           std::string::npos);
 }
