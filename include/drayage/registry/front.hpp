@@ -1,0 +1,64 @@
+// The registry front: drayage's Registry API v2 endpoints (pull side) on top of the HTTP server.
+//
+//   GET  /v2/                                  200 {} (API version check)
+//   GET|HEAD /v2/<name>/blobs/<digest>         cache -> origins (S3 bucket, upstream), Range
+//   GET|HEAD /v2/<name>/manifests/<reference>  by digest: cached; by tag: TTL + revalidation with a
+//                                              HEAD upstream, stale-if-error up to max_stale
+//   GET  /v2/<name>/tags/list, /v2/_catalog    passed through to the upstream
+//   GET  /healthz, /metrics
+//
+// A blob miss goes through one CacheFill per digest: the first request asks the origins in order
+// and drives the first that has the blob into the fill; every request for that digest (also those
+// arriving while the origins are still being asked) reads from the fill at its own offset and pace.
+// Each response carries Content-Length, Content-Type, Docker-Content-Digest, ETag and
+// Accept-Ranges: bytes; errors are Registry API error bodies.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "drayage/cache/cache.hpp"
+#include "drayage/config/config.hpp"
+#include "drayage/http/server.hpp"
+#include "drayage/registry/origin.hpp"
+#include "drayage/registry/upstream.hpp"
+
+namespace drayage::registry {
+
+struct FrontDeps {
+    const config::Config* config = nullptr;
+    cache::Cache* cache = nullptr;
+    UpstreamRegistry* upstream = nullptr;  // null: no upstream configured
+    // Asked in order on a blob miss (typically the S3 origin, then the upstream origin).
+    std::vector<std::shared_ptr<BlobOrigin>> origins;
+};
+
+class RegistryFront {
+public:
+    explicit RegistryFront(FrontDeps deps);
+    ~RegistryFront();
+    RegistryFront(const RegistryFront&) = delete;
+    RegistryFront& operator=(const RegistryFront&) = delete;
+
+    // The http::Handler.
+    void handle(std::shared_ptr<http::Exchange> exchange);
+
+    struct Impl;
+
+private:
+    std::shared_ptr<Impl> impl_;
+};
+
+// The upstream registry as a BlobOrigin.
+std::shared_ptr<BlobOrigin> make_upstream_origin(UpstreamRegistry& upstream);
+
+// Parses a Range header value against a blob of `size` bytes. Returns nullopt for no usable
+// range (absent, not bytes=, several ranges: serve the whole blob); an Error with status 416 when
+// unsatisfiable; else [first, last] inclusive.
+struct ByteSpan {
+    std::uint64_t first = 0;
+    std::uint64_t last = 0;
+};
+Result<std::optional<ByteSpan>> parse_range(std::string_view header, std::uint64_t size);
+
+}  // namespace drayage::registry

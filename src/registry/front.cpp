@@ -1,0 +1,707 @@
+#include "drayage/registry/front.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <utility>
+
+#include "drayage/http/errors.hpp"
+#include "drayage/registry/reference.hpp"
+#include "drayage/registry/routes.hpp"
+#include "drayage/util/metrics.hpp"
+
+namespace drayage::registry {
+namespace {
+
+using http::Exchange;
+using http::HeaderList;
+using Clock = std::chrono::steady_clock;
+
+constexpr std::size_t kReadPiece = 256 * 1024;
+
+// What clients get when they send no Accept for a manifest: every type drayage passes through.
+constexpr const char* kManifestAccept =
+    "application/vnd.oci.image.index.v1+json, "
+    "application/vnd.docker.distribution.manifest.list.v2+json, "
+    "application/vnd.oci.image.manifest.v1+json, "
+    "application/vnd.docker.distribution.manifest.v2+json, "
+    "application/vnd.docker.distribution.manifest.v1+prettyjws";
+
+HeaderList api_headers() {
+    return {{"Docker-Distribution-API-Version", "registry/2.0"}};
+}
+
+void send_error(Exchange& ex, int status, std::string_view code, std::string_view message) {
+    if (ex.request().method == "HEAD") {
+        // A HEAD answer has no body; keep the status and the API header.
+        ex.send_head(status, api_headers(), 0);
+        ex.finish();
+        return;
+    }
+    HeaderList h = api_headers();
+    h.emplace_back("Content-Type", "application/json");
+    ex.respond(status, std::move(h), http::registry_error_body(code, message));
+}
+
+// An upstream/origin error as the client should see it.
+void send_origin_error(Exchange& ex, const Error& e, std::string_view unknown_code) {
+    if (e.code == "NOT_FOUND") {
+        send_error(
+            ex, 404, unknown_code,
+            unknown_code == "BLOB_UNKNOWN" ? "blob unknown to registry" : "manifest unknown");
+    } else if (e.code == "UNAUTHORIZED" || e.status == 401 || e.status == 403) {
+        send_error(ex, e.status == 403 ? 403 : 401, e.status == 403 ? "DENIED" : "UNAUTHORIZED",
+                   e.message);
+    } else if (e.code == "TOOMANYREQUESTS") {
+        send_error(ex, 429, "TOOMANYREQUESTS", e.message);
+    } else {
+        // Unreachable, timeouts, 5xx: a quick 503 lets docker and containerd move on.
+        send_error(ex, 503, "UNAVAILABLE", "upstream unavailable: " + e.to_string());
+    }
+}
+
+metrics::Counter& outcome_counter(std::string_view kind, std::string_view outcome) {
+    return metrics::global().counter(
+        "drayage_registry_responses_total",
+        "Blob and manifest responses by kind and cache outcome.",
+        {{"kind", std::string(kind)}, {"outcome", std::string(outcome)}});
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streams one BlobReader into one Exchange, a chunk at a time, only while the socket has room.
+class BlobStreamer : public std::enable_shared_from_this<BlobStreamer> {
+public:
+    BlobStreamer(std::shared_ptr<Exchange> ex, std::unique_ptr<cache::BlobReader> reader)
+        : ex_(std::move(ex)), reader_(std::move(reader)) {}
+
+    void start() {
+        auto self = shared_from_this();
+        ex_->on_closed([self] { self->stop(); });
+        ex_->on_writable([self] { self->pump(); });
+        reader_->on_readable([self] { self->pump(); });
+        pump();
+    }
+
+private:
+    void pump() {
+        if (done_) return;
+        while (true) {
+            cache::ReadResult r = reader_->read(kReadPiece);
+            switch (r.kind) {
+                case cache::ReadResult::Kind::data:
+                    if (!ex_->write(r.bytes)) {
+                        if (ex_->closed()) return stop();
+                        return;  // on_writable resumes
+                    }
+                    break;
+                case cache::ReadResult::Kind::would_block: return;  // on_readable resumes
+                case cache::ReadResult::Kind::end: ex_->finish(); return stop();
+                case cache::ReadResult::Kind::error:
+                    // Never let a client take a cut transfer for a whole blob.
+                    spdlog::warn("blob transfer to {} cut: {}", ex_->request().peer,
+                                 r.error.to_string());
+                    ex_->set_outcome("cut:" + r.error.code);
+                    ex_->abort();
+                    return stop();
+            }
+        }
+    }
+
+    void stop() {
+        if (done_) return;
+        done_ = true;
+        // Break the callback cycles; the reader is released (unpinning the blob).
+        ex_->on_writable({});
+        ex_->on_closed({});
+        reader_->on_readable({});
+        reader_.reset();
+    }
+
+    std::shared_ptr<Exchange> ex_;
+    std::unique_ptr<cache::BlobReader> reader_;
+    bool done_ = false;
+};
+
+// ---------------------------------------------------------------------------------------------
+// The upstream registry as an origin.
+class UpstreamOrigin final : public BlobOrigin {
+public:
+    explicit UpstreamOrigin(UpstreamRegistry& upstream) : upstream_(upstream) {}
+    std::string_view name() const override { return "upstream"; }
+
+    void head(std::string_view repo, std::string_view digest,
+              std::function<void(Result<OriginHead>)> done) override {
+        upstream_.head_blob(repo, digest, [done](Result<UpstreamBlobHead> r) {
+            if (!r) return done(r.error());
+            OriginHead h;
+            if (r->has_length) h.size = r->length;
+            done(h);
+        });
+    }
+
+    std::shared_ptr<OriginTransfer> get(std::string_view repo, std::string_view digest,
+                                        OriginSink sink) override {
+        struct Transfer final : OriginTransfer {
+            std::shared_ptr<BlobFetch> fetch;
+            void resume() override {
+                if (fetch) fetch->resume();
+            }
+            void cancel() override {
+                if (fetch) fetch->cancel();
+                fetch.reset();
+            }
+        };
+        auto t = std::make_shared<Transfer>();
+        BlobHandlers h;
+        h.on_head = [on_head = sink.on_head](const UpstreamBlobHead& head) {
+            OriginHead oh;
+            if (head.has_length) oh.size = head.length;
+            return on_head(oh);
+        };
+        h.on_data = sink.on_data;
+        h.on_done = sink.on_done;
+        t->fetch = upstream_.get_blob(repo, digest, std::nullopt, std::move(h));
+        return t;
+    }
+
+private:
+    UpstreamRegistry& upstream_;
+};
+
+}  // namespace
+
+std::shared_ptr<BlobOrigin> make_upstream_origin(UpstreamRegistry& upstream) {
+    return std::make_shared<UpstreamOrigin>(upstream);
+}
+
+Result<std::optional<ByteSpan>> parse_range(std::string_view header, std::uint64_t size) {
+    if (header.empty()) return std::optional<ByteSpan>{};
+    constexpr std::string_view kBytes = "bytes=";
+    if (header.substr(0, kBytes.size()) != kBytes) return std::optional<ByteSpan>{};
+    std::string_view spec = header.substr(kBytes.size());
+    if (spec.find(',') != std::string_view::npos) return std::optional<ByteSpan>{};
+    auto dash = spec.find('-');
+    if (dash == std::string_view::npos) return std::optional<ByteSpan>{};
+    auto parse_num = [](std::string_view s, std::uint64_t& out) {
+        if (s.empty() || s.size() > 19) return false;
+        out = 0;
+        for (char c : s) {
+            if (c < '0' || c > '9') return false;
+            out = out * 10 + static_cast<std::uint64_t>(c - '0');
+        }
+        return true;
+    };
+    std::string_view a = spec.substr(0, dash), b = spec.substr(dash + 1);
+    std::uint64_t first = 0, last = 0;
+    Error unsatisfiable = make_error("RANGE_INVALID", "range not satisfiable", 416);
+    if (a.empty()) {  // suffix: the last N bytes
+        std::uint64_t n = 0;
+        if (!parse_num(b, n)) return std::optional<ByteSpan>{};
+        if (n == 0 || size == 0) return unsatisfiable;
+        first = n >= size ? 0 : size - n;
+        return std::optional<ByteSpan>{ByteSpan{first, size - 1}};
+    }
+    if (!parse_num(a, first)) return std::optional<ByteSpan>{};
+    if (b.empty()) {
+        last = size == 0 ? 0 : size - 1;
+    } else if (!parse_num(b, last) || last < first) {
+        return std::optional<ByteSpan>{};  // syntactically invalid: ignore, per RFC 9110
+    }
+    if (first >= size) return unsatisfiable;
+    if (last >= size) last = size - 1;
+    return std::optional<ByteSpan>{ByteSpan{first, last}};
+}
+
+// ---------------------------------------------------------------------------------------------
+struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
+    FrontDeps deps;
+
+    // A blob miss before its fill exists: the origins are being asked. Requests for the same
+    // digest wait here, then all read from the fill.
+    struct Waiter {
+        std::shared_ptr<Exchange> ex;
+        std::string range;
+    };
+    struct BlobMiss {
+        std::string repo;
+        std::string digest;
+        std::size_t origin = 0;
+        std::vector<Waiter> waiters;
+        std::shared_ptr<OriginTransfer> transfer;
+        std::shared_ptr<cache::CacheFill> fill;
+        bool head_seen = false;
+    };
+    std::map<std::string, std::shared_ptr<BlobMiss>> misses;
+
+    // Tag -> manifest digest, for revalidation and stale-if-error.
+    struct TagEntry {
+        std::string digest;
+        std::string media_type;
+        Clock::time_point checked;  // last time upstream confirmed it
+    };
+    std::map<std::string, TagEntry> tags;
+
+    explicit Impl(FrontDeps d) : deps(std::move(d)) {}
+
+    const config::UpstreamConfig& upstream_config() const { return deps.config->upstream; }
+
+    // ----- routing ---------------------------------------------------------------------------
+    void handle(const std::shared_ptr<Exchange>& ex) {
+        const http::Request& req = ex->request();
+        auto route = parse_route(req.path);
+        if (!route) {
+            const Error& e = route.error();
+            if (e.status == 404 && req.path.substr(0, 4) != "/v2/") {
+                ex->respond(404, {{"Content-Type", "text/plain"}}, "not found\n");
+                return;
+            }
+            return send_error(*ex, e.status, e.code == "NOT_FOUND" ? "UNSUPPORTED" : e.code,
+                              e.message);
+        }
+        const Route& r = *route;
+        bool get_or_head = req.method == "GET" || req.method == "HEAD";
+        switch (r.endpoint) {
+            case Endpoint::healthz:
+                return ex->respond(200, {{"Content-Type", "text/plain"}}, "ok\n");
+            case Endpoint::metrics:
+                return ex->respond(200, {{"Content-Type", "text/plain; version=0.0.4"}},
+                                   metrics::global().render());
+            case Endpoint::base:
+                if (!get_or_head) break;
+                return respond_json(*ex, 200, "{}");
+            case Endpoint::blob:
+                if (!get_or_head) break;
+                return serve_blob(ex, r);
+            case Endpoint::manifest:
+                if (!get_or_head) break;
+                return serve_manifest(ex, r);
+            case Endpoint::tags:
+                if (req.method != "GET") break;
+                return pass_listing(ex, r);
+            case Endpoint::catalog:
+                if (req.method != "GET") break;
+                return pass_listing(ex, r);
+            case Endpoint::upload_start:
+            case Endpoint::upload:
+                return send_error(*ex, 405, "UNSUPPORTED",
+                                  "pushes are not accepted by this drayage");
+        }
+        send_error(*ex, 405, "UNSUPPORTED", "method not allowed here");
+    }
+
+    static void respond_json(Exchange& ex, int status, std::string body) {
+        HeaderList h = api_headers();
+        h.emplace_back("Content-Type", "application/json");
+        ex.respond(status, std::move(h), std::move(body));
+    }
+
+    // ----- blobs -----------------------------------------------------------------------------
+    static HeaderList blob_headers(std::string_view digest) {
+        HeaderList h = api_headers();
+        h.emplace_back("Content-Type", "application/octet-stream");
+        h.emplace_back("Docker-Content-Digest", std::string(digest));
+        h.emplace_back("ETag", "\"" + std::string(digest) + "\"");
+        h.emplace_back("Accept-Ranges", "bytes");
+        h.emplace_back("Cache-Control", "max-age=31536000");
+        return h;
+    }
+
+    void serve_blob(const std::shared_ptr<Exchange>& ex, const Route& r) {
+        const http::Request& req = ex->request();
+        auto lookup = deps.cache->lookup(r.reference);
+        if (!lookup) return send_error(*ex, 500, "UNKNOWN", lookup.error().message);
+        if (req.method == "HEAD") return head_blob(ex, r, *lookup);
+        if (lookup->presence != cache::Presence::absent) {
+            ex->set_outcome(lookup->presence == cache::Presence::complete ? "hit" : "join");
+            outcome_counter("blob", lookup->presence == cache::Presence::complete ? "hit" : "join")
+                .inc();
+            return stream_from_cache(ex, r.reference, std::string(req.header("Range")));
+        }
+        join_or_start_miss(ex, r);
+    }
+
+    void head_blob(const std::shared_ptr<Exchange>& ex, const Route& r, const cache::Lookup& l) {
+        if (l.presence == cache::Presence::complete) {
+            ex->set_outcome("hit");
+            outcome_counter("blob", "hit").inc();
+            ex->send_head(200, blob_headers(r.reference), l.size);
+            return ex->finish();
+        }
+        if (l.presence == cache::Presence::filling) {
+            auto reader = deps.cache->open_reader(r.reference, 0, std::nullopt);
+            if (reader && (*reader)->blob_size()) {
+                ex->set_outcome("join");
+                ex->send_head(200, blob_headers(r.reference), *(*reader)->blob_size());
+                return ex->finish();
+            }
+        }
+        head_from_origin(ex, r, 0);
+    }
+
+    void head_from_origin(const std::shared_ptr<Exchange>& ex, const Route& r, std::size_t i) {
+        if (i >= deps.origins.size()) {
+            ex->set_outcome("miss:none");
+            return send_error(*ex, 404, "BLOB_UNKNOWN", "blob unknown to registry");
+        }
+        auto self = shared_from_this();
+        deps.origins[i]->head(r.name, r.reference, [self, ex, r, i](Result<OriginHead> h) {
+            if (ex->closed()) return;
+            if (!h) {
+                if (h.error().code == "NOT_FOUND") return self->head_from_origin(ex, r, i + 1);
+                return send_origin_error(*ex, h.error(), "BLOB_UNKNOWN");
+            }
+            ex->set_outcome("head:" + std::string(self->deps.origins[i]->name()));
+            ex->send_head(200, blob_headers(r.reference), h->size);
+            ex->finish();
+        });
+    }
+
+    // Serves from a complete or filling blob; `range` is the client's Range header.
+    void stream_from_cache(const std::shared_ptr<Exchange>& ex, const std::string& digest,
+                           const std::string& range) {
+        auto whole = deps.cache->open_reader(digest, 0, std::nullopt);
+        if (!whole) {
+            if (whole.error().code == cache::kErrNotFound)
+                return send_error(*ex, 404, "BLOB_UNKNOWN", "blob unknown to registry");
+            return send_error(*ex, 503, "UNAVAILABLE", whole.error().message);
+        }
+        std::optional<std::uint64_t> size = (*whole)->blob_size();
+        std::optional<ByteSpan> span;
+        if (size && !range.empty()) {
+            auto pr = parse_range(range, *size);
+            if (!pr) {
+                HeaderList h = api_headers();
+                h.emplace_back("Content-Range", "bytes */" + std::to_string(*size));
+                h.emplace_back("Content-Type", "application/json");
+                ex->respond(416, std::move(h),
+                            http::registry_error_body("RANGE_INVALID", "range not satisfiable"));
+                return;
+            }
+            span = *pr;
+        }
+        std::unique_ptr<cache::BlobReader> reader;
+        if (span) {
+            auto rr = deps.cache->open_reader(digest, span->first, span->last - span->first + 1);
+            if (!rr) return send_error(*ex, 503, "UNAVAILABLE", rr.error().message);
+            reader = std::move(*rr);
+        } else {
+            reader = std::move(*whole);
+        }
+        HeaderList h = blob_headers(digest);
+        if (span) {
+            h.emplace_back("Content-Range", "bytes " + std::to_string(span->first) + "-" +
+                                                std::to_string(span->last) + "/" +
+                                                std::to_string(*size));
+            ex->send_head(206, std::move(h), span->last - span->first + 1);
+        } else {
+            ex->send_head(200, std::move(h), size);
+        }
+        std::make_shared<BlobStreamer>(ex, std::move(reader))->start();
+    }
+
+    void join_or_start_miss(const std::shared_ptr<Exchange>& ex, const Route& r) {
+        std::string range(ex->request().header("Range"));
+        auto it = misses.find(r.reference);
+        if (it != misses.end()) {
+            ex->set_outcome("wait");
+            it->second->waiters.push_back({ex, range});
+            return;
+        }
+        if (deps.origins.empty()) {
+            ex->set_outcome("miss:none");
+            return send_error(*ex, 404, "BLOB_UNKNOWN", "blob unknown to registry");
+        }
+        auto miss = std::make_shared<BlobMiss>();
+        miss->repo = r.name;
+        miss->digest = r.reference;
+        miss->waiters.push_back({ex, range});
+        misses[r.reference] = miss;
+        ask_origin(miss);
+    }
+
+    void ask_origin(const std::shared_ptr<BlobMiss>& miss) {
+        if (miss->origin >= deps.origins.size()) {
+            misses.erase(miss->digest);
+            for (auto& w : miss->waiters) {
+                if (w.ex->closed()) continue;
+                w.ex->set_outcome("miss:none");
+                send_error(*w.ex, 404, "BLOB_UNKNOWN", "blob unknown to registry");
+            }
+            return;
+        }
+        auto self = shared_from_this();
+        BlobOrigin& origin = *deps.origins[miss->origin];
+        OriginSink sink;
+        sink.on_head = [self, miss](const OriginHead& head) {
+            return self->origin_head(miss, head);
+        };
+        sink.on_data = [miss](std::string_view bytes) {
+            if (!miss->fill) return true;
+            return miss->fill->append(bytes);
+        };
+        sink.on_done = [self, miss](Status st) { self->origin_done(miss, st); };
+        miss->transfer = origin.get(miss->repo, miss->digest, std::move(sink));
+    }
+
+    bool origin_head(const std::shared_ptr<BlobMiss>& miss, const OriginHead& head) {
+        miss->head_seen = true;
+        auto fh = deps.cache->start_or_join_fill(miss->digest, head.size);
+        if (!fh) {
+            // Not cacheable (larger than the whole cache): tell the waiters plainly.
+            spdlog::warn("blob {} not cacheable: {}", miss->digest, fh.error().to_string());
+            misses.erase(miss->digest);
+            for (auto& w : miss->waiters) {
+                if (!w.ex->closed())
+                    send_error(*w.ex, 503, "UNAVAILABLE",
+                               "blob cannot be cached: " + fh.error().message);
+            }
+            miss->transfer.reset();
+            return false;
+        }
+        std::string origin_name(deps.origins[miss->origin]->name());
+        misses.erase(miss->digest);
+        bool drive = fh->started;
+        if (drive) {
+            miss->fill = fh->fill;
+            std::weak_ptr<BlobMiss> weak = miss;
+            miss->fill->set_resume_callback([weak] {
+                if (auto m = weak.lock(); m && m->transfer) m->transfer->resume();
+            });
+            miss->fill->set_cancel_callback([weak] {
+                if (auto m = weak.lock(); m && m->transfer) {
+                    m->transfer->cancel();
+                    m->transfer.reset();
+                }
+            });
+        }
+        for (auto& w : miss->waiters) {
+            if (w.ex->closed()) continue;
+            w.ex->set_outcome("miss:" + origin_name);
+            outcome_counter("blob", "miss:" + origin_name).inc();
+            stream_from_cache(w.ex, miss->digest, w.range);
+        }
+        miss->waiters.clear();
+        if (!drive) {
+            // Someone else fills this digest already (e.g. a push); our bytes are not needed.
+            miss->transfer.reset();
+            return false;
+        }
+        return true;
+    }
+
+    void origin_done(const std::shared_ptr<BlobMiss>& miss, Status st) {
+        auto transfer = std::move(miss->transfer);  // keep alive until we return
+        if (!miss->head_seen) {
+            if (!st && st.error().code == "NOT_FOUND") {
+                ++miss->origin;
+                return ask_origin(miss);
+            }
+            misses.erase(miss->digest);
+            Error e = st ? make_error("UNKNOWN", "origin ended without a response") : st.error();
+            spdlog::warn("blob {} from {}: {}", miss->digest, deps.origins[miss->origin]->name(),
+                         e.to_string());
+            for (auto& w : miss->waiters) {
+                if (!w.ex->closed()) send_origin_error(*w.ex, e, "BLOB_UNKNOWN");
+            }
+            return;
+        }
+        if (!miss->fill) return;
+        if (st) {
+            miss->fill->finish();
+        } else {
+            spdlog::warn("blob {} from {} failed mid-stream: {}", miss->digest,
+                         deps.origins[miss->origin]->name(), st.error().to_string());
+            miss->fill->fail(st.error());
+        }
+        miss->fill.reset();
+    }
+
+    // ----- manifests -------------------------------------------------------------------------
+    static HeaderList manifest_headers(const std::string& media_type, const std::string& digest) {
+        HeaderList h = api_headers();
+        h.emplace_back("Content-Type", media_type);
+        h.emplace_back("Docker-Content-Digest", digest);
+        h.emplace_back("ETag", "\"" + digest + "\"");
+        return h;
+    }
+
+    void send_manifest(Exchange& ex, const cache::Document& doc, const std::string& digest,
+                       bool stale) {
+        HeaderList h = manifest_headers(doc.media_type, digest);
+        if (stale) h.emplace_back("Warning", "110 drayage \"Response is Stale\"");
+        ex.send_head(200, std::move(h), doc.bytes.size());
+        ex.write(doc.bytes);
+        ex.finish();
+    }
+
+    std::string accept_of(const Exchange& ex) const {
+        std::string accept;
+        for (const auto& [k, v] : ex.request().headers) {
+            if (!http::iequals(k, "Accept")) continue;
+            if (!accept.empty()) accept += ", ";
+            accept += v;
+        }
+        return accept.empty() ? kManifestAccept : accept;
+    }
+
+    // Records which repository a manifest and the blobs it names belong to.
+    void learn_links(const std::string& repo, const std::string& digest, std::string_view body) {
+        deps.cache->link(repo, digest);
+        auto j = nlohmann::json::parse(body, nullptr, false);
+        if (j.is_discarded() || !j.is_object()) return;
+        auto add = [&](const nlohmann::json& desc) {
+            if (desc.is_object() && desc.contains("digest") && desc["digest"].is_string())
+                deps.cache->link(repo, desc["digest"].get<std::string>());
+        };
+        if (j.contains("config")) add(j["config"]);
+        for (const char* list : {"layers", "manifests"}) {
+            if (j.contains(list) && j[list].is_array())
+                for (const auto& d : j[list])
+                    add(d);
+        }
+    }
+
+    void serve_manifest(const std::shared_ptr<Exchange>& ex, const Route& r) {
+        if (r.by_digest) {
+            auto doc = deps.cache->get_document(r.reference);
+            if (doc && *doc) {
+                ex->set_outcome("hit");
+                outcome_counter("manifest", "hit").inc();
+                return send_manifest(*ex, **doc, r.reference, false);
+            }
+            return fetch_manifest(ex, r);
+        }
+        std::string key = r.name + ":" + r.reference + "\n" + accept_of(*ex);
+        auto it = tags.find(key);
+        if (it == tags.end()) return fetch_manifest(ex, r);
+        TagEntry entry = it->second;
+        auto doc = deps.cache->get_document(entry.digest);
+        if (!doc || !*doc) {
+            tags.erase(it);
+            return fetch_manifest(ex, r);
+        }
+        if (Clock::now() - entry.checked < upstream_config().manifest_ttl) {
+            ex->set_outcome("hit");
+            outcome_counter("manifest", "hit").inc();
+            return send_manifest(*ex, **doc, entry.digest, false);
+        }
+        revalidate_tag(ex, r, key, entry, std::move(**doc));
+    }
+
+    bool may_serve_stale(const TagEntry& e) const {
+        return Clock::now() - e.checked < upstream_config().max_stale;
+    }
+
+    static bool is_upstream_outage(const Error& e) {
+        return e.code == "UNREACHABLE" || e.code == "TIMEOUT" || e.code == "INTERRUPTED" ||
+               e.code == "TOOMANYREQUESTS" || e.status >= 500 || e.code.rfind("UPSTREAM_5", 0) == 0;
+    }
+
+    void revalidate_tag(const std::shared_ptr<Exchange>& ex, const Route& r, const std::string& key,
+                        const TagEntry& entry, cache::Document doc) {
+        if (!deps.upstream) {
+            ex->set_outcome("stale");
+            return send_manifest(*ex, doc, entry.digest, true);
+        }
+        auto self = shared_from_this();
+        deps.upstream->head_manifest(
+            r.name, r.reference, accept_of(*ex),
+            [self, ex, r, key, entry, doc = std::move(doc)](Result<UpstreamManifest> head) {
+                if (ex->closed()) return;
+                if (head && head->digest == entry.digest) {
+                    self->tags[key].checked = Clock::now();
+                    ex->set_outcome("revalidated");
+                    outcome_counter("manifest", "revalidated").inc();
+                    return self->send_manifest(*ex, doc, entry.digest, false);
+                }
+                if (head) return self->fetch_manifest(ex, r);  // tag moved
+                if (is_upstream_outage(head.error()) && self->may_serve_stale(entry)) {
+                    ex->set_outcome("stale");
+                    outcome_counter("manifest", "stale").inc();
+                    return self->send_manifest(*ex, doc, entry.digest, true);
+                }
+                send_origin_error(*ex, head.error(), "MANIFEST_UNKNOWN");
+            });
+    }
+
+    void fetch_manifest(const std::shared_ptr<Exchange>& ex, const Route& r) {
+        if (!deps.upstream) {
+            ex->set_outcome("miss:none");
+            return send_error(*ex, 404, "MANIFEST_UNKNOWN", "manifest unknown");
+        }
+        auto self = shared_from_this();
+        std::string accept = accept_of(*ex);
+        bool head_only = ex->request().method == "HEAD";
+        auto done = [self, ex, r, accept, head_only](Result<UpstreamManifest> m) {
+            if (ex->closed()) return;
+            if (!m) {
+                ex->set_outcome("miss:error");
+                return send_origin_error(*ex, m.error(), "MANIFEST_UNKNOWN");
+            }
+            ex->set_outcome("miss:upstream");
+            outcome_counter("manifest", "miss:upstream").inc();
+            std::string digest = m->digest.empty() && r.by_digest ? r.reference : m->digest;
+            if (head_only) {
+                HeaderList h = manifest_headers(m->media_type, digest);
+                ex->send_head(200, std::move(h), m->size);
+                return ex->finish();
+            }
+            if (digest.empty()) {
+                // Without a digest the manifest cannot be cached by digest; pass it on.
+                HeaderList h = api_headers();
+                h.emplace_back("Content-Type", m->media_type);
+                return ex->respond(200, std::move(h), std::move(m->body));
+            }
+            if (!r.by_digest) {
+                std::string key = r.name + ":" + r.reference + "\n" + accept;
+                self->tags[key] = TagEntry{digest, m->media_type, Clock::now()};
+            }
+            self->learn_links(r.name, digest, m->body);
+            cache::Document doc{m->media_type, m->body};
+            auto st = self->deps.cache->put_document(digest, m->media_type, std::move(m->body));
+            if (!st) spdlog::warn("manifest {} not cached: {}", digest, st.error().to_string());
+            self->send_manifest(*ex, doc, digest, false);
+        };
+        if (head_only && !r.by_digest) {
+            deps.upstream->head_manifest(r.name, r.reference, accept, std::move(done));
+        } else {
+            deps.upstream->get_manifest(r.name, r.reference, accept, std::move(done));
+        }
+    }
+
+    // ----- listings --------------------------------------------------------------------------
+    void pass_listing(const std::shared_ptr<Exchange>& ex, const Route& r) {
+        if (!deps.upstream)
+            return respond_json(*ex, 200,
+                                r.endpoint == Endpoint::catalog
+                                    ? R"({"repositories":[]})"
+                                    : R"({"name":")" + r.name + R"(","tags":[]})");
+        auto done = [ex](Result<UpstreamListing> l) {
+            if (ex->closed()) return;
+            if (!l) return send_origin_error(*ex, l.error(), "NAME_UNKNOWN");
+            HeaderList h = api_headers();
+            h.emplace_back("Content-Type", "application/json");
+            auto link = net::find_header(l->headers, "Link");
+            if (!link.empty()) h.emplace_back("Link", std::string(link));
+            ex->respond(200, std::move(h), std::move(l->body));
+        };
+        const std::string& q = ex->request().query;
+        if (r.endpoint == Endpoint::catalog) {
+            deps.upstream->get_catalog(q, std::move(done));
+        } else {
+            deps.upstream->get_tags(r.name, q, std::move(done));
+        }
+    }
+};
+
+RegistryFront::RegistryFront(FrontDeps deps) : impl_(std::make_shared<Impl>(std::move(deps))) {}
+RegistryFront::~RegistryFront() = default;
+
+void RegistryFront::handle(std::shared_ptr<http::Exchange> exchange) {
+    impl_->handle(exchange);
+}
+
+}  // namespace drayage::registry
