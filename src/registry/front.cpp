@@ -286,9 +286,11 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
                 return pass_listing(ex, r);
             case Endpoint::upload_start:
             case Endpoint::upload:
+                if (deps.uploads) return deps.uploads(ex, r);
                 return send_error(*ex, 405, "UNSUPPORTED",
                                   "pushes are not accepted by this drayage");
         }
+        if (deps.passthrough) return deps.passthrough(ex);
         send_error(*ex, 405, "UNSUPPORTED", "method not allowed here");
     }
 

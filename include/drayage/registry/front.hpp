@@ -14,6 +14,7 @@
 // Accept-Ranges: bytes; errors are Registry API error bodies.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -21,6 +22,7 @@
 #include "drayage/config/config.hpp"
 #include "drayage/http/server.hpp"
 #include "drayage/registry/origin.hpp"
+#include "drayage/registry/routes.hpp"
 #include "drayage/registry/upstream.hpp"
 
 namespace drayage::registry {
@@ -31,6 +33,12 @@ struct FrontDeps {
     UpstreamRegistry* upstream = nullptr;  // null: no upstream configured
     // Asked in order on a blob miss (typically the S3 origin, then the upstream origin).
     std::vector<std::shared_ptr<BlobOrigin>> origins;
+    // Blob uploads (POST/PATCH/PUT/GET/DELETE on /v2/<name>/blobs/uploads/...), with the route
+    // already validated. Unset: uploads are answered 405 UNSUPPORTED.
+    std::function<void(std::shared_ptr<http::Exchange>, const Route&)> uploads;
+    // Everything else drayage does not serve itself (manifest PUT/DELETE, blob DELETE, unknown
+    // /v2/ methods): forwarded to the registry behind. Unset: 405 UNSUPPORTED.
+    std::function<void(std::shared_ptr<http::Exchange>)> passthrough;
 };
 
 class RegistryFront {
