@@ -549,6 +549,28 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
         return accept.empty() ? kManifestAccept : accept;
     }
 
+    // Whether the client's Accept admits a manifest of `media_type` (no Accept: anything).
+    static bool accepts(const Exchange& ex, const std::string& media_type) {
+        bool any_accept = false;
+        for (const auto& [k, v] : ex.request().headers) {
+            if (!http::iequals(k, "Accept")) continue;
+            any_accept = true;
+            std::string_view list = v;
+            while (!list.empty()) {
+                auto comma = list.find(',');
+                std::string_view item = list.substr(0, comma);
+                list = comma == std::string_view::npos ? "" : list.substr(comma + 1);
+                item = item.substr(0, item.find(';'));
+                while (!item.empty() && item.front() == ' ')
+                    item.remove_prefix(1);
+                while (!item.empty() && item.back() == ' ')
+                    item.remove_suffix(1);
+                if (item == media_type || item == "*/*") return true;
+            }
+        }
+        return !any_accept;
+    }
+
     // Records which repository a manifest and the blobs it names belong to.
     void learn_links(const std::string& repo, const std::string& digest, std::string_view body) {
         deps.cache->link(repo, digest);
@@ -576,9 +598,9 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
             }
             return fetch_manifest(ex, r);
         }
-        std::string key = r.name + ":" + r.reference + "\n" + accept_of(*ex);
+        std::string key = r.name + ":" + r.reference;
         auto it = tags.find(key);
-        if (it == tags.end()) return fetch_manifest(ex, r);
+        if (it == tags.end() || !accepts(*ex, it->second.media_type)) return fetch_manifest(ex, r);
         TagEntry entry = it->second;
         auto doc = deps.cache->get_document(entry.digest);
         if (!doc || !*doc) {
@@ -658,8 +680,8 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
                 return ex->respond(200, std::move(h), std::move(m->body));
             }
             if (!r.by_digest) {
-                std::string key = r.name + ":" + r.reference + "\n" + accept;
-                self->tags[key] = TagEntry{digest, m->media_type, Clock::now()};
+                self->tags[r.name + ":" + r.reference] =
+                    TagEntry{digest, m->media_type, Clock::now()};
             }
             self->learn_links(r.name, digest, m->body);
             cache::Document doc{m->media_type, m->body};

@@ -1,0 +1,248 @@
+"""Pull path end to end: real clients pull through drayage from a real upstream docker-registry.
+
+skopeo (registries.conf mirror), containerd (ctr --hosts-dir, which adds ?ns=docker.io) and dockerd
+(registry-mirrors) pull images with 1 KiB to 300 MiB layers; the digests they end up with match
+what was pushed upstream, and a second pull is served without a single upstream blob GET (counted
+in the upstream's access log).
+"""
+import concurrent.futures
+import hashlib
+import pathlib
+import time
+
+import pytest
+import requests
+
+from harness.clients import Containerd, Dockerd, dir_blobs, skopeo_pull
+from harness.registry import ALL_MANIFESTS, KiB, MiB, Registry
+
+BIG = 300 * MiB
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory):
+    reg = Registry(tmp_path_factory.mktemp("upstream")).start()
+    # For skopeo (no unpacking): odd sizes around the 5 MiB part boundary.
+    reg.skopeo_image = reg.push_image("e2e/skopeo", "v1", [KiB, 5 * MiB + 1, BIG], seed=1)
+    # For containerd and dockerd, which unpack: sizes that make valid tar layers.
+    reg.unpack_image = reg.push_image("e2e/unpack", "v1", [2 * KiB, BIG], seed=2)
+    yield reg
+    reg.stop()
+
+
+def mirror_config(upstream_url: str, **upstream_extra) -> dict:
+    up = {"url": upstream_url, "connect_timeout": "2s", "response_timeout": "5s"}
+    up.update(upstream_extra)
+    return {"upstream": up, "cache": {"max_size": "2GiB"}}
+
+
+def upstream_blob_gets(reg: Registry) -> int:
+    return len(reg.blob_gets())
+
+
+def sha256_file(path: pathlib.Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * MiB):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def test_skopeo_pulls_through_mirror_and_second_pull_is_all_hits(upstream, drayage_factory,
+                                                                  tmp_path):
+    d = drayage_factory(mirror_config(upstream.url))
+    image = upstream.skopeo_image
+    before = upstream_blob_gets(upstream)
+
+    dest = tmp_path / "pull1"
+    r = skopeo_pull(tmp_path / "sk1", f"127.0.0.1:{d.port}", "e2e/skopeo:v1", dest)
+    assert r.returncode == 0, r.stderr + "\n" + d.log()[-3000:]
+    blobs = dir_blobs(dest)
+    for layer in image.layers:
+        assert layer.digest in blobs
+        assert sha256_file(blobs[layer.digest]) == layer.digest
+    assert image.config.digest in blobs
+    assert (dest / "manifest.json").read_bytes() == image.manifest
+    first = upstream_blob_gets(upstream) - before
+    assert first == len(image.layers) + 1  # every layer and the config, once
+
+    mark = upstream_blob_gets(upstream)
+    dest2 = tmp_path / "pull2"
+    r = skopeo_pull(tmp_path / "sk2", f"127.0.0.1:{d.port}", "e2e/skopeo:v1", dest2)
+    assert r.returncode == 0, r.stderr
+    assert dir_blobs(dest2).keys() == blobs.keys()
+    time.sleep(0.5)  # the registry logs after the response
+    assert upstream_blob_gets(upstream) == mark, "second pull fetched blobs upstream"
+
+    metrics = requests.get(d.url + "/metrics").text
+    assert 'drayage_registry_responses_total{kind="blob",outcome="hit"}' in metrics
+
+
+def test_containerd_pulls_through_mirror_with_ns_parameter(upstream, drayage_factory, tmp_path):
+    d = drayage_factory(mirror_config(upstream.url))
+    image = upstream.unpack_image
+    mark = upstream_blob_gets(upstream)
+    with Containerd(tmp_path / "ctrd1") as c:
+        r = c.pull(d.url, "docker.io/e2e/unpack:v1")
+        assert r.returncode == 0, r.stdout + r.stderr + "\n" + d.log()[-3000:]
+        assert c.image_digest("docker.io/e2e/unpack:v1") == image.manifest_digest
+    first = upstream_blob_gets(upstream) - mark
+    assert first == len(image.layers) + 1
+
+    # A fresh containerd (empty content store) pulls again: everything comes from drayage's cache.
+    mark = upstream_blob_gets(upstream)
+    with Containerd(tmp_path / "ctrd2") as c:
+        r = c.pull(d.url, "docker.io/e2e/unpack:v1")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert c.image_digest("docker.io/e2e/unpack:v1") == image.manifest_digest
+    time.sleep(0.5)
+    assert upstream_blob_gets(upstream) == mark
+
+
+def test_dockerd_pulls_through_registry_mirror(upstream, drayage_factory, tmp_path):
+    d = drayage_factory(mirror_config(upstream.url))
+    image = upstream.unpack_image
+    with Containerd(tmp_path / "ctrd") as c, Dockerd(tmp_path / "dockerd", c, d.url) as dk:
+        r = dk.pull("e2e/unpack:v1")
+        assert r.returncode == 0, r.stdout + r.stderr + "\n" + dk.log() + "\n" + d.log()[-3000:]
+        assert dk.repo_digest("e2e/unpack:v1") == image.manifest_digest
+    # The daemon asked drayage, not Docker Hub (unreachable here), for every blob.
+    paths = [line for line in d.log().splitlines() if "/blobs/" in line and "status=200" in line]
+    assert len(paths) >= len(image.layers) + 1
+
+
+def test_concurrent_cold_gets_make_one_upstream_transfer(upstream, drayage_factory, tmp_path):
+    blob_size = 200 * MiB
+    image = upstream.push_image("e2e/herd", "v1", [blob_size], seed=3)
+    layer = image.layers[0]
+    d = drayage_factory(mirror_config(upstream.url))
+    # Manifest first, as a client would (teaches drayage the repository).
+    requests.get(f"{d.url}/v2/e2e/herd/manifests/v1", headers={"Accept": ALL_MANIFESTS})
+    mark = len(upstream.blob_gets(layer.digest))
+
+    def fetch(_):
+        h = hashlib.sha256()
+        n = 0
+        with requests.get(f"{d.url}/v2/e2e/herd/blobs/{layer.digest}", stream=True,
+                          timeout=120) as r:
+            assert r.status_code == 200
+            assert r.headers["Docker-Content-Digest"] == layer.digest
+            assert int(r.headers["Content-Length"]) == blob_size
+            for chunk in r.iter_content(1 << 20):
+                h.update(chunk)
+                n += len(chunk)
+        return n, "sha256:" + h.hexdigest()
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(fetch, range(16)))
+    assert all(r == (blob_size, layer.digest) for r in results)
+    gets = upstream.wait_for_requests(
+        lambda r: r["method"] == "GET" and r["path"].endswith(layer.digest), 1)
+    time.sleep(0.5)
+    assert len(upstream.blob_gets(layer.digest)) - mark == 1
+
+
+def test_range_on_cold_blob_then_cached(upstream, drayage_factory):
+    image = upstream.push_image("e2e/range", "v1", [3 * MiB + 17], seed=4)
+    layer = image.layers[0]
+    data = layer.path.read_bytes()
+    d = drayage_factory(mirror_config(upstream.url))
+    url = f"{d.url}/v2/e2e/range/blobs/{layer.digest}"
+    r = requests.get(url, headers={"Range": "bytes=2000000-2000099"})
+    assert r.status_code == 206
+    assert r.headers["Content-Range"] == f"bytes 2000000-2000099/{len(data)}"
+    assert r.content == data[2000000:2000100]
+    # The fill went on to the end and verified: now a hit, ranges included.
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        r = requests.get(url, headers={"Range": "bytes=-5"})
+        if "outcome=hit" in d.log().splitlines()[-1]:
+            break
+        time.sleep(0.1)
+    assert r.status_code == 206
+    assert r.content == data[-5:]
+    r = requests.get(url, headers={"Range": f"bytes={len(data)}-"})
+    assert r.status_code == 416
+    assert r.headers["Content-Range"] == f"bytes */{len(data)}"
+    r = requests.head(url)
+    assert r.status_code == 200 and int(r.headers["Content-Length"]) == len(data)
+    assert r.headers["Accept-Ranges"] == "bytes"
+    assert r.headers["ETag"] == f'"{layer.digest}"'
+
+
+def test_head_never_downloads_the_body(upstream, drayage_factory):
+    image = upstream.push_image("e2e/head", "v1", [2 * MiB], seed=5)
+    layer = image.layers[0]
+    d = drayage_factory(mirror_config(upstream.url))
+    mark = len(upstream.blob_gets(layer.digest))
+    r = requests.head(f"{d.url}/v2/e2e/head/blobs/{layer.digest}")
+    assert r.status_code == 200
+    assert int(r.headers["Content-Length"]) == 2 * MiB
+    assert r.headers["Docker-Content-Digest"] == layer.digest
+    time.sleep(0.5)
+    assert len(upstream.blob_gets(layer.digest)) == mark
+
+
+def test_grammar_errors_and_unknowns(upstream, drayage_factory):
+    d = drayage_factory(mirror_config(upstream.url))
+    zero = "sha256:" + "0" * 64
+    r = requests.get(f"{d.url}/v2/e2e/skopeo/blobs/{zero}")
+    assert r.status_code == 404
+    assert r.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+    r = requests.get(f"{d.url}/v2/e2e/skopeo/manifests/nosuchtag")
+    assert r.status_code == 404
+    assert r.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+    r = requests.get(f"{d.url}/v2/e2e/skopeo/blobs/md5:0000")
+    assert r.status_code == 400
+    assert r.json()["errors"][0]["code"] == "DIGEST_INVALID"
+    r = requests.get(f"{d.url}/v2/E2E/Bad/manifests/v1")
+    assert r.status_code == 400
+    assert r.json()["errors"][0]["code"] == "NAME_INVALID"
+    r = requests.get(f"{d.url}/v2/{'a' * 256}/manifests/v1")
+    assert r.status_code == 400
+    r = requests.get(f"{d.url}/v2/")
+    assert r.status_code == 200 and r.json() == {}
+    assert r.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+    tags = requests.get(f"{d.url}/v2/e2e/skopeo/tags/list").json()
+    assert tags == {"name": "e2e/skopeo", "tags": ["v1"]}
+
+
+def test_manifest_responses_carry_digest_and_type(upstream, drayage_factory):
+    d = drayage_factory(mirror_config(upstream.url))
+    image = upstream.skopeo_image
+    r = requests.get(f"{d.url}/v2/e2e/skopeo/manifests/v1", headers={"Accept": ALL_MANIFESTS})
+    assert r.status_code == 200
+    assert r.content == image.manifest
+    assert r.headers["Docker-Content-Digest"] == image.manifest_digest
+    assert r.headers["Content-Type"] == "application/vnd.oci.image.manifest.v1+json"
+    r = requests.head(f"{d.url}/v2/e2e/skopeo/manifests/{image.manifest_digest}",
+                      headers={"Accept": ALL_MANIFESTS})
+    assert r.status_code == 200
+    assert int(r.headers["Content-Length"]) == len(image.manifest)
+
+
+def test_upstream_down_serves_cached_and_fails_fast_otherwise(tmp_path, drayage_factory):
+    reg = Registry(tmp_path / "up").start()
+    try:
+        image = reg.push_image("e2e/outage", "v1", [64 * KiB], seed=6)
+        other = reg.push_image("e2e/other", "v1", [32 * KiB], seed=7)
+        d = drayage_factory(mirror_config(reg.url, manifest_ttl="1s", max_stale="1h"))
+        r = skopeo_pull(tmp_path / "sk", f"127.0.0.1:{d.port}", "e2e/outage:v1", tmp_path / "p1")
+        assert r.returncode == 0, r.stderr
+    finally:
+        reg.stop()
+    time.sleep(1.2)  # past manifest_ttl: the tag needs revalidation, which now fails
+
+    r = requests.get(f"{d.url}/v2/e2e/outage/manifests/v1", headers={"Accept": ALL_MANIFESTS})
+    assert r.status_code == 200
+    assert r.headers["Docker-Content-Digest"] == image.manifest_digest
+    assert "110" in r.headers.get("Warning", "")
+    r = skopeo_pull(tmp_path / "sk2", f"127.0.0.1:{d.port}", "e2e/outage:v1", tmp_path / "p2")
+    assert r.returncode == 0, r.stderr
+
+    # Not cached, upstream gone: a quick error (bounded by upstream.connect_timeout, 2 s here),
+    # so docker and containerd move on to their next endpoint. A hang would trip the client
+    # timeout and fail the test.
+    r = requests.get(f"{d.url}/v2/e2e/other/blobs/{other.layers[0].digest}", timeout=30)
+    assert r.status_code == 503
+    assert r.json()["errors"][0]["code"] == "UNAVAILABLE"
