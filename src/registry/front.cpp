@@ -1,5 +1,6 @@
 #include "drayage/registry/front.hpp"
 
+#include <openssl/evp.h>
 #include <spdlog/spdlog.h>
 
 #include <chrono>
@@ -11,6 +12,8 @@
 #include "drayage/http/errors.hpp"
 #include "drayage/registry/reference.hpp"
 #include "drayage/registry/routes.hpp"
+#include "drayage/s3/layout.hpp"
+#include "drayage/s3/multipart.hpp"
 #include "drayage/util/metrics.hpp"
 
 namespace drayage::registry {
@@ -233,6 +236,11 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
         std::shared_ptr<OriginTransfer> transfer;
         std::shared_ptr<cache::CacheFill> fill;
         bool head_seen = false;
+        // storage.s3.writethrough: the same bytes go to the bucket. The multipart upload is
+        // completed only once our own sha256 of the bytes matches the digest, so a corrupt
+        // upstream answer never becomes visible in the shared tier.
+        std::shared_ptr<s3::MultipartUpload> bucket_copy;
+        std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> hash{nullptr, EVP_MD_CTX_free};
     };
     std::map<std::string, std::shared_ptr<BlobMiss>> misses;
 
@@ -442,7 +450,12 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
         };
         sink.on_data = [miss](std::string_view bytes) {
             if (!miss->fill) return true;
-            return miss->fill->append(bytes);
+            bool more = miss->fill->append(bytes);
+            if (miss->bucket_copy) {
+                EVP_DigestUpdate(miss->hash.get(), bytes.data(), bytes.size());
+                more = miss->bucket_copy->write(bytes) && more;
+            }
+            return more;
         };
         sink.on_done = [self, miss](Status st) { self->origin_done(miss, st); };
         miss->transfer = origin.get(miss->repo, miss->digest, std::move(sink));
@@ -479,6 +492,7 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
                 }
             });
         }
+        if (drive && origin_name == "upstream") start_write_through(miss, head.size);
         for (auto& w : miss->waiters) {
             if (w.ex->closed()) continue;
             w.ex->set_outcome("miss:" + origin_name);
@@ -511,6 +525,7 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
             return;
         }
         if (!miss->fill) return;
+        finish_write_through(miss, st);
         if (st) {
             miss->fill->finish();
         } else {
@@ -519,6 +534,66 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
             miss->fill->fail(st.error());
         }
         miss->fill.reset();
+    }
+
+    void start_write_through(const std::shared_ptr<BlobMiss>& miss,
+                             std::optional<std::uint64_t> size) {
+        const auto& s3cfg = deps.config->storage.s3;
+        if (!deps.bucket || !s3cfg || !s3cfg->writethrough) return;
+        auto digest = BlobDigest::parse(miss->digest);
+        if (!digest || digest->algorithm() != DigestAlgorithm::sha256) return;
+        s3::BucketLayout layout(s3cfg->rootdirectory);
+        s3::MultipartUpload::Options o;
+        o.key = layout.blob_data_key(*digest);
+        o.expected_size = size.value_or(0);
+        std::weak_ptr<BlobMiss> weak = miss;
+        o.on_writable = [weak] {
+            if (auto m = weak.lock(); m && m->transfer) m->transfer->resume();
+        };
+        miss->hash.reset(EVP_MD_CTX_new());
+        EVP_DigestInit_ex(miss->hash.get(), EVP_sha256(), nullptr);
+        miss->bucket_copy = s3::MultipartUpload::start(*deps.bucket, std::move(o));
+    }
+
+    void finish_write_through(const std::shared_ptr<BlobMiss>& miss, const Status& st) {
+        auto upload = std::move(miss->bucket_copy);
+        if (!upload) return;
+        std::string digest = miss->digest;
+        bool verified = false;
+        if (st) {
+            unsigned char md[EVP_MAX_MD_SIZE];
+            unsigned int len = 0;
+            EVP_DigestFinal_ex(miss->hash.get(), md, &len);
+            static const char* kHex = "0123456789abcdef";
+            std::string hex;
+            for (unsigned int i = 0; i < len; ++i) {
+                hex += kHex[md[i] >> 4];
+                hex += kHex[md[i] & 0xf];
+            }
+            verified = "sha256:" + hex == digest;
+        }
+        if (!verified) {
+            upload->abort([digest](Status) {
+                spdlog::info("write-through of {} abandoned (source failed or digest mismatch)",
+                             digest);
+            });
+            return;
+        }
+        upload->finish([digest, upload](Result<std::string> etag) {
+            if (etag) {
+                metrics::global()
+                    .counter("drayage_writethrough_total", "Blobs written through to the bucket.",
+                             {{"result", "ok"}})
+                    .inc();
+                spdlog::info("write-through of {} to the bucket complete", digest);
+            } else {
+                metrics::global()
+                    .counter("drayage_writethrough_total", "Blobs written through to the bucket.",
+                             {{"result", "error"}})
+                    .inc();
+                spdlog::warn("write-through of {} failed: {}", digest, etag.error().to_string());
+            }
+        });
     }
 
     // ----- manifests -------------------------------------------------------------------------

@@ -24,6 +24,7 @@
 #include "drayage/registry/origin.hpp"
 #include "drayage/registry/routes.hpp"
 #include "drayage/registry/upstream.hpp"
+#include "drayage/s3/client.hpp"
 
 namespace drayage::registry {
 
@@ -31,6 +32,8 @@ struct FrontDeps {
     const config::Config* config = nullptr;
     cache::Cache* cache = nullptr;
     UpstreamRegistry* upstream = nullptr;  // null: no upstream configured
+    // The bucket (storage.s3), for write-through of upstream blobs; null without storage.s3.
+    s3::Client* bucket = nullptr;
     // Asked in order on a blob miss (typically the S3 origin, then the upstream origin).
     std::vector<std::shared_ptr<BlobOrigin>> origins;
     // Blob uploads (POST/PATCH/PUT/GET/DELETE on /v2/<name>/blobs/uploads/...), with the route

@@ -1,0 +1,165 @@
+"""Pull path with the S3 bucket as a source: drayage in front of a docker-registry whose s3 driver
+stores in Swift s3api, reading blobs straight from the bucket in the Distribution layout; a blob
+altered in the bucket is never served as a complete body nor cached; write-through of upstream blobs
+into the bucket; an upstream registry with token auth.
+"""
+import hashlib
+import time
+import uuid
+
+import pytest
+import requests
+
+from harness.clients import dir_blobs, skopeo_pull
+from harness.registry import ALL_MANIFESTS, KiB, MiB, Registry, s3_storage
+from harness.swift import swift  # noqa: F401 (session fixture)
+from harness.tokenserver import TokenServer
+
+
+def drayage_s3_block(swift, root: str, **extra) -> dict:  # noqa: F811
+    block = {
+        "accesskey": swift.access_key, "secretkey": swift.secret_key, "region": swift.region,
+        "regionendpoint": swift.endpoint, "bucket": swift.bucket, "secure": False,
+        "chunksize": "5MiB", "rootdirectory": root,
+    }
+    block.update(extra)
+    return block
+
+
+def blob_key(root: str, digest: str) -> str:
+    hexd = digest.split(":", 1)[1]
+    return f"{root.strip('/')}/docker/registry/v2/blobs/sha256/{hexd[:2]}/{hexd}/data"
+
+
+def fetch(url: str) -> tuple[int, int, str, bool]:
+    """(status, bytes received, sha256, completed): completed is False when the transfer was cut."""
+    h = hashlib.sha256()
+    n = 0
+    try:
+        with requests.get(url, stream=True, timeout=60) as r:
+            for chunk in r.raw.stream(1 << 20, decode_content=False):
+                h.update(chunk)
+                n += len(chunk)
+            expected = int(r.headers.get("Content-Length", -1))
+            return r.status_code, n, "sha256:" + h.hexdigest(), n == expected
+    except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError,
+            Exception) as e:  # noqa: BLE001 - urllib3 raises ProtocolError on a cut body
+        if "IncompleteRead" in repr(e) or "Connection" in repr(e) or "ProtocolError" in repr(e):
+            return 200, n, "sha256:" + h.hexdigest(), False
+        raise
+
+
+def test_blobs_come_straight_from_the_bucket(swift, tmp_path, drayage_factory):  # noqa: F811
+    root = f"/reg-{uuid.uuid4().hex[:8]}"
+    reg = Registry(tmp_path / "reg", s3=s3_storage(swift, root),
+                   extra={"storage": {"redirect": {"disable": True}}}).start()
+    try:
+        image = reg.push_image("s3/app", "v1", [KiB, 6 * MiB + 3], seed=11)
+        d = drayage_factory({"upstream": {"url": reg.url},
+                             "storage": {"s3": drayage_s3_block(swift, root)}})
+        mark = len(reg.blob_gets())
+        dest = tmp_path / "pull"
+        r = skopeo_pull(tmp_path / "sk", f"127.0.0.1:{d.port}", "s3/app:v1", dest)
+        assert r.returncode == 0, r.stderr + d.log()[-3000:]
+        blobs = dir_blobs(dest)
+        for layer in image.layers:
+            assert hashlib.sha256(blobs[layer.digest].read_bytes()).hexdigest() == \
+                layer.digest.split(":")[1]
+        time.sleep(0.5)
+        assert len(reg.blob_gets()) == mark, "the registry served blobs drayage should read from S3"
+        assert "outcome=miss:s3" in d.log()
+    finally:
+        reg.stop()
+
+
+def test_altered_blob_in_bucket_is_never_served_whole_nor_cached(swift, tmp_path,  # noqa: F811
+                                                                  drayage_factory):
+    root = f"/alt-{uuid.uuid4().hex[:8]}"
+    size = 3 * MiB + 5
+    good = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    digest = "sha256:" + hashlib.sha256(good).hexdigest()
+    bad = bytearray(good)
+    bad[size // 2] ^= 0xFF  # one flipped byte, same size
+    s3 = swift.client()
+    s3.put_object(Bucket=swift.bucket, Key=blob_key(root, digest), Body=bytes(bad))
+    d = drayage_factory({"storage": {"s3": drayage_s3_block(swift, root)}})
+    url = f"{d.url}/v2/alt/app/blobs/{digest}"
+    for attempt in range(3):
+        status, n, got, completed = fetch(url)
+        assert not (status == 200 and completed and got == digest)
+        assert not (status == 200 and completed), f"attempt {attempt}: a corrupt blob completed"
+    # Ranges never hand out the bytes as a whole either; and nothing was cached.
+    metrics = requests.get(d.url + "/metrics").text
+    assert 'outcome="hit"' not in metrics
+    # With the right bytes in place, the next request fills and serves them.
+    s3.put_object(Bucket=swift.bucket, Key=blob_key(root, digest), Body=good)
+    status, n, got, completed = fetch(url)
+    assert (status, n, got, completed) == (200, size, digest, True)
+
+
+def test_write_through_shares_upstream_blobs_via_the_bucket(swift, tmp_path,  # noqa: F811
+                                                            drayage_factory):
+    root = f"/wt-{uuid.uuid4().hex[:8]}"
+    reg = Registry(tmp_path / "up").start()
+    try:
+        image = reg.push_image("wt/app", "v1", [KiB, 12 * MiB + 7], seed=12)
+        a = drayage_factory({"upstream": {"url": reg.url},
+                             "storage": {"s3": drayage_s3_block(swift, root, writethrough=True)}},
+                            name="node-a")
+        for layer in image.layers:
+            status, n, got, completed = fetch(f"{a.url}/v2/wt/app/blobs/{layer.digest}")
+            assert (status, got, completed) == (200, layer.digest, True)
+        s3 = swift.client()
+        deadline = time.time() + 60
+        for layer in image.layers:
+            while True:
+                try:
+                    obj = s3.get_object(Bucket=swift.bucket, Key=blob_key(root, layer.digest))
+                    break
+                except s3.exceptions.NoSuchKey:
+                    assert time.time() < deadline, "write-through did not land in the bucket"
+                    time.sleep(0.2)
+            body = obj["Body"].read()
+            assert "sha256:" + hashlib.sha256(body).hexdigest() == layer.digest
+        assert not s3.list_multipart_uploads(Bucket=swift.bucket,
+                                             Prefix=root.strip("/")).get("Uploads")
+    finally:
+        reg.stop()
+    # A second node with no upstream at all serves the blobs from the shared bucket.
+    b = drayage_factory({"storage": {"s3": drayage_s3_block(swift, root)}}, name="node-b")
+    for layer in image.layers:
+        status, n, got, completed = fetch(f"{b.url}/v2/wt/app/blobs/{layer.digest}")
+        assert (status, got, completed) == (200, layer.digest, True)
+    assert "outcome=miss:s3" in b.log()
+
+
+def test_upstream_with_token_auth(tmp_path, drayage_factory):
+    tokens = TokenServer(tmp_path / "tokens",
+                         users={"puller": {"password": "pw", "access": {"priv/*": ["pull"]}}})
+    tokens.start()
+    pusher = TokenServer(tmp_path / "tokens-push",
+                         users={"pusher": {"password": "pw", "access": {"*": ["pull", "push"]}}})
+    try:
+        # Push with a permissive token server, then serve with the strict one.
+        pusher.start()
+        reg = Registry(tmp_path / "reg", token=pusher).start()
+        image = reg.push_image("priv/app", "v1", [KiB, 2 * MiB], seed=13, creds="pusher:pw")
+        reg.stop()
+        reg = Registry(tmp_path / "reg", token=tokens, port=reg.port).start()
+        # Anonymous drayage: the upstream denies it.
+        anon = drayage_factory({"upstream": {"url": reg.url}}, name="anon")
+        r = requests.get(f"{anon.url}/v2/priv/app/manifests/v1", headers={"Accept": ALL_MANIFESTS})
+        assert r.status_code in (401, 403)
+        # With upstream credentials: the pull works and one token serves many requests.
+        d = drayage_factory({"upstream": {"url": reg.url, "username": "puller",
+                                          "password": "pw"}}, name="authed")
+        dest = tmp_path / "pull"
+        r = skopeo_pull(tmp_path / "sk", f"127.0.0.1:{d.port}", "priv/app:v1", dest)
+        assert r.returncode == 0, r.stderr + d.log()[-3000:]
+        assert image.layers[1].digest in dir_blobs(dest)
+        granted = [t for t in tokens.token_requests() if t.get("user") == "puller"]
+        assert 1 <= len(granted) <= 2
+        reg.stop()
+    finally:
+        tokens.stop()
+        pusher.stop()
