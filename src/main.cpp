@@ -28,6 +28,8 @@
 #include "drayage/net/curl_loop.hpp"
 #include "drayage/registry/bucket_origin.hpp"
 #include "drayage/registry/front.hpp"
+#include "drayage/registry/passthrough.hpp"
+#include "drayage/registry/push.hpp"
 #include "drayage/registry/upstream.hpp"
 #include "drayage/s3/client.hpp"
 #include "drayage/util/log.hpp"
@@ -177,10 +179,43 @@ int serve(const drayage::config::Config& cfg) {
             return 1;
         }
         s3_client = std::move(*client);
+        deps.bucket = s3_client.get();
         deps.origins.push_back(
             registry::make_bucket_origin(*s3_client, cfg.storage.s3->rootdirectory));
     }
     if (upstream) deps.origins.push_back(registry::make_upstream_origin(*upstream));
+
+    // Push path: uploads into the bucket, everything else drayage does not serve to the registry.
+    std::unique_ptr<registry::BlobUploads> uploads;
+    if (s3_client) {
+        registry::UploadOptions upload_options;
+        if (const char* t = getenv("XX_PUSH_TTL_MS"))
+            upload_options.session_ttl = std::chrono::milliseconds(atoi(t));
+        char host[256] = {};
+        gethostname(host, sizeof host - 1);
+        auto listen = config::parse_listen_address(cfg.http.addr);
+        upload_options.node =
+            std::string(host) + "-" + (listen ? std::to_string(listen->port) : "0");
+        uploads = std::make_unique<registry::BlobUploads>(base.get(), *s3_client, blob_cache.get(),
+                                                          upload_options);
+        uploads->recover([](drayage::Status st) {
+            if (!st) spdlog::warn("cleanup of leftover uploads failed: {}", st.error().message);
+        });
+        deps.uploads = [u = uploads.get()](std::shared_ptr<http::Exchange> ex,
+                                           const registry::Route& r) { u->handle(ex, r); };
+    }
+    std::unique_ptr<registry::Passthrough> passthrough;
+    if (!cfg.upstream.url.empty()) {
+        registry::PassthroughOptions pass_options;
+        pass_options.upstream_url = cfg.upstream.url;
+        pass_options.client_scheme = cfg.http.tls.certificate.empty() ? "http" : "https";
+        pass_options.connect_timeout = cfg.upstream.connect_timeout;
+        pass_options.stall_timeout = cfg.upstream.stall_timeout;
+        passthrough = std::make_unique<registry::Passthrough>(curl, pass_options);
+        deps.passthrough = [p = passthrough.get()](std::shared_ptr<http::Exchange> ex) {
+            p->handle(ex);
+        };
+    }
     registry::RegistryFront front(std::move(deps));
 
     http::ServerOptions server_options;
@@ -259,5 +294,6 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "drayage: %s\n", st.error().message.c_str());
         return 1;
     }
+    for (const auto& note : cfg.notes) spdlog::warn("config: {}", note);
     return serve(cfg);
 }

@@ -11,8 +11,10 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include "drayage/config/size.hpp"
 #include "drayage/util/result.hpp"
 
 namespace drayage::config {
@@ -20,27 +22,23 @@ namespace drayage::config {
 using Seconds = std::chrono::seconds;
 using Millis = std::chrono::milliseconds;
 
-constexpr std::uint64_t KiB = 1024;
-constexpr std::uint64_t MiB = 1024 * KiB;
-constexpr std::uint64_t GiB = 1024 * MiB;
-
 struct LogConfig {
-    std::string level = "info";  // trace|debug|info|warn|error|off
-    std::string format = "text"; // text|json
-    std::string file;            // empty: stderr; reopened on SIGHUP
+    std::string level = "info";   // trace|debug|info|warn|error|off
+    std::string format = "text";  // text|json
+    std::string file;             // empty: stderr; reopened on SIGHUP
 };
 
 struct HttpLimits {
-    std::uint64_t max_request_line = 8 * KiB;    // 414 past this
-    std::uint64_t max_header_bytes = 64 * KiB;   // 431 past this (all header lines together)
-    std::uint64_t max_headers = 100;             // 431 past this many header fields
-    std::uint64_t max_body = 0;                  // 0: routes decide; else a global cap (413)
-    Millis header_timeout{10'000};               // whole request head must arrive in this (408)
-    Millis idle_timeout{60'000};                 // keep-alive connection with no request
-    Millis body_timeout{60'000};                 // no body byte for this long: close
-    Millis send_timeout{300'000};                // client reads nothing for this long: close
-    std::uint64_t max_connections = 4096;        // accepts past this are closed at once
-    Millis shutdown_grace{30'000};               // SIGTERM: in-flight requests get this long
+    std::uint64_t max_request_line = 8 * KiB;   // 414 past this
+    std::uint64_t max_header_bytes = 64 * KiB;  // 431 past this (all header lines together)
+    std::uint64_t max_headers = 100;            // 431 past this many header fields
+    std::uint64_t max_body = 0;                 // 0: routes decide; else a global cap (413)
+    Millis header_timeout{10'000};              // whole request head must arrive in this (408)
+    Millis idle_timeout{60'000};                // keep-alive connection with no request
+    Millis body_timeout{60'000};                // no body byte for this long: close
+    Millis send_timeout{300'000};               // client reads nothing for this long: close
+    std::uint64_t max_connections = 4096;       // accepts past this are closed at once
+    Millis shutdown_grace{30'000};              // SIGTERM: in-flight requests get this long
 };
 
 struct TlsConfig {
@@ -63,12 +61,19 @@ struct CacheConfig {
 struct UpstreamConfig {
     std::string url = "https://registry-1.docker.io";  // empty: no pull-through source
     std::string username;
-    std::string password;  // secret
-    Seconds manifest_ttl{300};      // tags are revalidated upstream after this
-    Seconds max_stale{86'400};      // stale-if-error limit for tag manifests
+    std::string password;       // secret
+    Seconds manifest_ttl{300};  // tags are revalidated upstream after this
+    Seconds max_stale{86'400};  // stale-if-error limit for tag manifests
     Millis connect_timeout{5'000};
     Millis response_timeout{30'000};  // until the response head arrives
     Millis stall_timeout{30'000};     // body bytes stop arriving for this long
+};
+
+// Push sessions (blob uploads into the bucket).
+struct UploadsConfig {
+    // An upload session with no request for this long is dropped and its multipart upload
+    // aborted.
+    Millis session_ttl{3'600'000};
 };
 
 struct S3RetryConfig {
@@ -83,8 +88,8 @@ struct S3MultipartConfig {
 
 // storage.s3, with the Distribution s3 driver's key names.
 struct S3Config {
-    std::string accesskey;  // empty: AWS_ACCESS_KEY_ID
-    std::string secretkey;  // secret; empty: AWS_SECRET_ACCESS_KEY
+    std::string accesskey;     // empty: AWS_ACCESS_KEY_ID
+    std::string secretkey;     // secret; empty: AWS_SECRET_ACCESS_KEY
     std::string sessiontoken;  // secret; empty: AWS_SESSION_TOKEN
     std::string region = "us-east-1";
     std::string regionendpoint;  // set: path-style requests to this endpoint
@@ -97,7 +102,7 @@ struct S3Config {
     std::uint64_t chunksize = 10 * MiB;  // >= 5 MiB
     std::string rootdirectory;
     std::string storageclass = "STANDARD";  // STANDARD|REDUCED_REDUNDANCY|... or NONE
-    bool writethrough = false;  // store upstream-fetched blobs in the bucket too
+    bool writethrough = false;              // store upstream-fetched blobs in the bucket too
     S3MultipartConfig multipart;
     S3RetryConfig retry;
 };
@@ -111,21 +116,50 @@ struct Config {
     HttpConfig http;
     CacheConfig cache;
     UpstreamConfig upstream;
+    UploadsConfig uploads;
     StorageConfig storage;
 
     std::string source_file;  // the file it was loaded from, for messages
+
+    // Things the operator should know that do not stop start-up, one line each, already naming
+    // the key and where it was set: Distribution s3 keys that drayage accepts but does not use,
+    // and `keyid` without `encrypt: true` (Distribution ignores it too, so a pasted registry
+    // block keeps working). The caller logs them (warn) once logging is up; render_redacted()
+    // prints them as comments.
+    std::vector<std::string> notes;
 };
 
+// `http.addr` split: host ("" = all interfaces; an IPv6 literal without brackets) and port.
+struct ListenAddress {
+    std::string host;
+    std::uint16_t port = 0;
+};
+
+// Parses "[host]:port": ":5000", "0.0.0.0:5000", "localhost:5000", "[::1]:5000". The port must
+// be 1..65535: port 0 (kernel's choice) is refused because clients and the harness need to know
+// it from the config. Error message says what is expected (without a key path).
+Result<ListenAddress> parse_listen_address(std::string_view addr);
+
 // Loads `path`, applies DRAYAGE_* overrides from `env` (pass environ-derived pairs; tests pass
-// their own), validates. On failure the Error's message is the single line to print: key path,
-// file:line where known, and what is expected. Exit status 2 is the caller's job.
+// their own), validates. Environment names are resolved against the known key set, so
+// DRAYAGE_HTTP_LIMITS_MAX_HEADERS is http.limits.max_headers; any storage.s3.* variable creates
+// the storage.s3 section; an unknown DRAYAGE_* variable is an error (typos must not be silent),
+// except the ones that are not configuration: DRAYAGE_BUILD_DIR, DRAYAGE_TEST_QUICK (test
+// scripts) and DRAYAGE_CONFIG (reserved for the config file's path). Env wins over the file. On
+// failure the Error's message is the single line to print: key path, file:line where known, and
+// what is expected. Exit status 2 is the caller's job.
 Result<Config> load_file(const std::string& path, const std::map<std::string, std::string>& env);
 
 // Same from a string (tests); `name` stands in for the file name in messages.
 Result<Config> load_string(const std::string& yaml, const std::string& name,
                            const std::map<std::string, std::string>& env);
 
-// The effective configuration as YAML, secrets replaced by "<redacted>".
+// The effective configuration as YAML, every key with defaults filled in, secrets
+// (upstream.password, storage.s3.secretkey, storage.s3.sessiontoken) replaced by "<redacted>"
+// when set and shown as "" when not. Sizes and durations are printed in the exact form the loader
+// reads back ("10GiB", "1m30s"), so the output (with secrets put back) loads to the same Config.
+// Starts with "# " comment lines: the source file and each of `notes`. Accepted-but-unused
+// Distribution keys are not printed. No storage.s3: "storage: {}".
 std::string render_redacted(const Config& config);
 
 // The process environment as a map (only DRAYAGE_* entries are used by the loader).

@@ -1,0 +1,128 @@
+// Internal: one client connection of http::Server. Not part of the module's interface.
+//
+// Ownership: Server::State owns every Connection (unique_ptr in `connections`). A Connection owns
+// its bufferevent, its three events and the current Exchange's shared_ptr; the Exchange points
+// back with a raw pointer that close_now() / response_finished() clear, so a handler holding an
+// Exchange after the connection died touches nothing freed. A Connection is never deleted from
+// inside its own callbacks: close_now() only disables I/O and activates `reap_`, and the Server
+// frees it from that event, on a clean stack.
+#pragma once
+
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "drayage/http/parser.hpp"
+#include "drayage/http/server.hpp"
+#include "drayage/util/metrics.hpp"
+
+namespace drayage::http {
+
+struct Server::State {
+    Server* server = nullptr;
+    event_base* base = nullptr;
+    ServerOptions options;
+    Handler handler;
+    evconnlistener* listener = nullptr;
+    std::map<detail::Connection*, std::unique_ptr<detail::Connection>> connections;
+    bool shutting_down = false;
+    std::function<void()> done;
+    event* deadline = nullptr;  // shutdown grace
+    event* done_event = nullptr;
+    metrics::Counter* bytes_received = nullptr;
+    metrics::Counter* bytes_sent = nullptr;
+    metrics::Gauge* open_connections = nullptr;
+};
+
+namespace detail {
+
+class Connection final : public RequestParser::Callbacks {
+public:
+    // Takes ownership of `bev` (a connected socket bufferevent; a bufferevent_openssl would do,
+    // nothing here touches the fd except the half-close when lingering).
+    Connection(Server::State& state, bufferevent* bev, std::string peer);
+    ~Connection() override;
+    Connection(const Connection&) = delete;
+    Connection& operator=(const Connection&) = delete;
+
+    void start();
+    // Server shutdown: close now when idle, otherwise close after the current response.
+    void on_server_shutdown();
+    // Closes at once. `notify` false: no handler callbacks (server destruction).
+    void close_now(const char* why, bool notify = true);
+
+    // Called by Exchange.
+    void exchange_set_body_limit(Exchange& ex, std::uint64_t limit);
+    void exchange_read_body(Exchange& ex);
+    void exchange_pause_body(Exchange& ex);
+    void exchange_resume_body(Exchange& ex);
+    void exchange_send_head(Exchange& ex, int status, HeaderList headers,
+                            std::optional<std::uint64_t> content_length);
+    bool exchange_write(Exchange& ex, std::string_view data);
+    bool exchange_write(Exchange& ex, evbuffer* data);
+    void exchange_finish(Exchange& ex);
+    void exchange_abort(Exchange& ex);
+
+    // RequestParser::Callbacks
+    void on_request_head(Request&& request) override;
+    void on_body(std::string_view data) override;
+    void on_message_complete() override;
+
+private:
+    enum class Phase { kHead, kExchange, kFlushClose, kLinger, kClosed };
+    enum class Timer { kNone, kIdle, kHeader, kBody, kLinger };
+
+    static void read_cb(bufferevent* bev, void* arg);
+    static void write_cb(bufferevent* bev, void* arg);
+    static void event_cb(bufferevent* bev, short what, void* arg);
+    static void timer_cb(evutil_socket_t fd, short what, void* arg);
+    static void kick_cb(evutil_socket_t fd, short what, void* arg);
+    static void reap_cb(evutil_socket_t fd, short what, void* arg);
+
+    void read_ahead();
+    static void read_into(evbuffer* in, evutil_socket_t fd, std::size_t max);
+    void process_input();
+    void process_step();
+    void dispatch();
+    void handle_parse_error();
+    void send_error(const std::shared_ptr<Exchange>& ex, int status, const std::string& reason);
+    std::shared_ptr<Exchange> error_exchange();
+    void response_finished(Exchange& ex);
+    void flush_and_close();
+    void start_linger();
+    void update_timer(bool progressed);
+    void arm(Timer kind, config::Millis after);
+    void kick();
+    void add_output(const char* data, std::size_t len);
+    bool below_high_watermark() const;
+    void log_exchange(Exchange& ex, int status);
+    void retire(Exchange& ex);
+
+    Server::State& state_;
+    bufferevent* bev_;
+    std::string peer_;
+    RequestParser parser_;
+    event* timer_ = nullptr;
+    event* kick_ = nullptr;
+    event* reap_ = nullptr;
+    Timer timer_kind_ = Timer::kNone;
+    Phase phase_ = Phase::kHead;
+
+    std::shared_ptr<Exchange> current_;
+    bool dispatch_pending_ = false;
+    bool request_complete_ = false;  // the current request's body has been parsed to its end
+    bool close_after_ = false;       // close once the current response has been sent
+    bool peer_eof_ = false;
+    bool first_request_ = true;
+    bool processing_ = false;
+    bool reprocess_ = false;
+};
+
+}  // namespace detail
+}  // namespace drayage::http

@@ -1,0 +1,195 @@
+#include "drayage/http/server.hpp"
+
+#include <arpa/inet.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <event2/util.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "connection.hpp"
+
+namespace drayage::http {
+namespace {
+
+std::string peer_string(const sockaddr* addr) {
+    char host[INET6_ADDRSTRLEN] = "?";
+    std::uint16_t port = 0;
+    if (addr->sa_family == AF_INET) {
+        const auto* in = reinterpret_cast<const sockaddr_in*>(addr);
+        evutil_inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+        port = ntohs(in->sin_port);
+        return std::string(host) + ":" + std::to_string(port);
+    }
+    if (addr->sa_family == AF_INET6) {
+        const auto* in6 = reinterpret_cast<const sockaddr_in6*>(addr);
+        evutil_inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+        port = ntohs(in6->sin6_port);
+        return "[" + std::string(host) + "]:" + std::to_string(port);
+    }
+    return "?";
+}
+
+}  // namespace
+
+Server::Server(event_base* base, ServerOptions options, Handler handler)
+    : state_(std::make_unique<State>()) {
+    state_->server = this;
+    state_->base = base;
+    state_->options = std::move(options);
+    state_->handler = std::move(handler);
+    auto& m = metrics::global();
+    state_->bytes_received = &m.counter("drayage_http_bytes_received_total",
+                                        "Bytes read from HTTP clients (heads and bodies)");
+    state_->bytes_sent = &m.counter("drayage_http_bytes_sent_total",
+                                    "Bytes queued to HTTP clients (heads and bodies)");
+    state_->open_connections =
+        &m.gauge("drayage_http_open_connections", "Client connections currently open");
+    state_->done_event = event_new(base, -1, 0, &Server::done_cb, this);
+    state_->deadline = evtimer_new(base, &Server::deadline_cb, this);
+}
+
+Server::~Server() {
+    if (state_->listener != nullptr) evconnlistener_free(state_->listener);
+    // Connections are freed without calling back into handlers: the handler objects may be
+    // half-destroyed by now.
+    for (auto& [ptr, conn] : state_->connections)
+        conn->close_now("server destroyed", false);
+    state_->connections.clear();
+    event_free(state_->done_event);
+    event_free(state_->deadline);
+}
+
+std::size_t Server::connections() const {
+    return state_->connections.size();
+}
+
+Status Server::listen() {
+    const std::string& addr = state_->options.addr;
+    std::size_t colon = addr.rfind(':');
+    if (colon == std::string::npos) {
+        return make_error("http.addr", "address '" + addr + "' is not [host]:port");
+    }
+    std::string host = addr.substr(0, colon);
+    std::string port = addr.substr(colon + 1);
+    if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+        host = host.substr(1, host.size() - 2);
+    }
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    addrinfo* res = nullptr;
+    int rc = getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &res);
+    if (rc != 0 || res == nullptr) {
+        return make_error("http.addr",
+                          "cannot resolve '" + addr + "': " + std::string(gai_strerror(rc)));
+    }
+    // With an empty host prefer the IPv6 wildcard when offered (it also takes IPv4 on Linux).
+    addrinfo* chosen = res;
+    evconnlistener* listener = evconnlistener_new_bind(
+        state_->base, &Server::accept_cb, this,
+        LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, state_->options.backlog,
+        chosen->ai_addr, static_cast<int>(chosen->ai_addrlen));
+    int err = errno;
+    freeaddrinfo(res);
+    if (listener == nullptr) {
+        return make_error("http.listen",
+                          "cannot listen on " + addr + ": " + std::string(std::strerror(err)));
+    }
+    state_->listener = listener;
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    if (getsockname(evconnlistener_get_fd(listener), reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
+        if (ss.ss_family == AF_INET) {
+            port_ = ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+        } else if (ss.ss_family == AF_INET6) {
+            port_ = ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
+        }
+    }
+    spdlog::info("http: listening on {} (port {})", addr, port_);
+    return {};
+}
+
+void Server::accept_cb(evconnlistener*, evutil_socket_t fd, sockaddr* addr, int, void* arg) {
+    auto* self = static_cast<Server*>(arg);
+    State& st = *self->state_;
+    if (st.shutting_down || st.connections.size() >= st.options.limits.max_connections) {
+        // Closed without a word: clients treat it as a transport error and try the next mirror.
+        evutil_closesocket(fd);
+        metrics::global()
+            .counter("drayage_http_connections_rejected_total",
+                     "Connections closed at accept because of max_connections or shutdown")
+            .inc();
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    // The one place that creates the transport; TLS will put a bufferevent_openssl here.
+    bufferevent* bev = bufferevent_socket_new(st.base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (bev == nullptr) {
+        evutil_closesocket(fd);
+        return;
+    }
+    auto conn = std::make_unique<detail::Connection>(st, bev, peer_string(addr));
+    detail::Connection* raw = conn.get();
+    st.connections.emplace(raw, std::move(conn));
+    raw->start();
+}
+
+void Server::reap(detail::Connection* connection) {
+    state_->connections.erase(connection);
+    maybe_done();
+}
+
+void Server::shutdown(std::chrono::milliseconds grace, std::function<void()> done) {
+    State& st = *state_;
+    st.done = std::move(done);
+    if (st.shutting_down) return;
+    st.shutting_down = true;
+    if (st.listener != nullptr) {
+        evconnlistener_free(st.listener);
+        st.listener = nullptr;
+    }
+    spdlog::info("http: shutting down, {} connection(s) open, grace {} ms", st.connections.size(),
+                 grace.count());
+    for (auto& [ptr, conn] : st.connections)
+        conn->on_server_shutdown();
+    timeval tv{};
+    tv.tv_sec = static_cast<decltype(tv.tv_sec)>(grace.count() / 1000);
+    tv.tv_usec = static_cast<decltype(tv.tv_usec)>((grace.count() % 1000) * 1000);
+    evtimer_add(st.deadline, &tv);
+    maybe_done();
+}
+
+void Server::maybe_done() {
+    if (state_->shutting_down && state_->connections.empty()) {
+        event_active(state_->done_event, EV_TIMEOUT, 0);
+    }
+}
+
+void Server::deadline_cb(evutil_socket_t, short, void* arg) {
+    auto* self = static_cast<Server*>(arg);
+    spdlog::warn("http: shutdown grace over, cutting {} connection(s)",
+                 self->state_->connections.size());
+    for (auto& [ptr, conn] : self->state_->connections)
+        conn->close_now("shutdown deadline");
+}
+
+void Server::done_cb(evutil_socket_t, short, void* arg) {
+    auto* self = static_cast<Server*>(arg);
+    if (!self->state_->connections.empty()) return;
+    evtimer_del(self->state_->deadline);
+    std::function<void()> done = std::move(self->state_->done);
+    self->state_->done = nullptr;
+    if (done) done();
+}
+
+}  // namespace drayage::http
