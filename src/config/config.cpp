@@ -226,9 +226,17 @@ const std::vector<Key>& keys() {
 
 #undef DRAYAGE_FIELD
 
-constexpr std::array<std::string_view, 11> kSections{
-    "log",     "http",       "http.limits",          "http.tls",        "cache", "upstream",
-    "uploads", "storage", "storage.s3", "storage.s3.multipart", "storage.s3.retry"};
+constexpr std::array<std::string_view, 11> kSections{"log",
+                                                     "http",
+                                                     "http.limits",
+                                                     "http.tls",
+                                                     "cache",
+                                                     "upstream",
+                                                     "uploads",
+                                                     "storage",
+                                                     "storage.s3",
+                                                     "storage.s3.multipart",
+                                                     "storage.s3.retry"};
 
 bool is_section(std::string_view path) {
     return std::find(kSections.begin(), kSections.end(), path) != kSections.end();
@@ -535,8 +543,9 @@ public:
             return make_error("config.invalid", where(at) + ": YAML syntax error: " + e.msg);
         }
         if (!root.IsNull() && !root.IsMap()) {
-            return fail(origin_of(root), "(top level)",
-                        "expected a mapping of sections (log, http, cache, upstream, uploads, storage)");
+            return fail(
+                origin_of(root), "(top level)",
+                "expected a mapping of sections (log, http, cache, upstream, uploads, storage)");
         }
         if (root.IsMap()) {
             if (Status s = walk(root, ""); !s) {
