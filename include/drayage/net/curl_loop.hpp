@@ -40,14 +40,18 @@ public:
 
     // Registers `easy` (configured by the caller, who keeps ownership) and starts it. `done` runs
     // once on the loop with the transfer's CURLcode (as int) after curl finished it; the handle
-    // is already removed from the multi then, so `done` may free or re-add it.
-    void add(CURL* easy, std::function<void(int curl_code)> done);
+    // is already removed from the multi then, so `done` may free or re-add it. `abandoned` (may be
+    // empty) runs instead of `done` when the loop is destroyed with the transfer still registered,
+    // so the owner can release what it kept alive for `done`.
+    void add(CURL* easy, std::function<void(int curl_code)> done,
+             std::function<void()> abandoned = {});
 
     // Removes a running transfer without calling its `done`. No-op for an unknown handle.
     void remove(CURL* easy);
 
     // Resumes a transfer paused by a callback returning CURL_*FUNC_PAUSE (curl_easy_pause(CONT)
-    // plus a kick of the multi so the transfer is not left waiting for a socket event).
+    // plus a kick of the multi so the transfer is not left waiting for a socket event). Deferred
+    // to the next loop iteration, so it is safe to call from inside a curl callback.
     void unpause(CURL* easy);
 
     std::size_t running() const;
@@ -69,6 +73,9 @@ struct CallOptions {
     // fills up to `cap` bytes into `buf` and returns how many; 0 means end of body; returning
     // kBodyPause pauses the upload until HttpCall::resume_upload().
     std::string body;
+    // Same as `body` but shared, not copied: callers that keep a body for retries (S3 parts of
+    // many MiB) pass it here. Takes precedence over `body` when set.
+    std::shared_ptr<const std::string> shared_body;
     std::function<std::size_t(char* buf, std::size_t cap)> body_source;
     std::int64_t body_size = -1;
 
@@ -76,8 +83,9 @@ struct CallOptions {
     int max_redirects = 5;
     bool verify_tls = true;
     std::chrono::milliseconds connect_timeout{5'000};
-    std::chrono::milliseconds total_timeout{0};    // 0: none (streams may be long)
+    std::chrono::milliseconds total_timeout{0};       // 0: none (streams may be long)
     std::chrono::milliseconds stall_timeout{30'000};  // fewer than 1 byte/s for this long: abort
+                                                      // (curl counts whole seconds, rounded up)
 };
 
 constexpr std::size_t kBodyPause = static_cast<std::size_t>(-1);
@@ -86,7 +94,9 @@ constexpr std::size_t kBodyPause = static_cast<std::size_t>(-1);
 struct CallResponse {
     int status = 0;
     HeaderList headers;
-    std::string effective_url;  // after redirects
+    std::string effective_url;     // after redirects
+    int curl_code = 0;             // CURLcode of a failed transfer (28 timeout, 56 reset, ...)
+    std::uint64_t body_bytes = 0;  // response body bytes delivered to on_body so far
 };
 
 struct CallHandlers {
@@ -94,7 +104,9 @@ struct CallHandlers {
     // an "aborted" error).
     std::function<bool(const CallResponse&)> on_head;
     // A piece of the response body. Return false to pause delivery: no more on_body until
-    // HttpCall::resume_download(); the bytes passed in this call have been consumed.
+    // HttpCall::resume_download(); the bytes passed in this call have been consumed. While paused
+    // the socket is not read, so the peer is slowed by TCP flow control; the stall timeout does
+    // not count paused time. on_done may still arrive while paused (the body had fully arrived).
     std::function<bool(std::string_view)> on_body;
     // Exactly once, last. ok() when the exchange completed (any HTTP status); an Error with code
     // "transport" (message from curl: reset, timeout, TLS, DNS...) otherwise.
@@ -102,7 +114,9 @@ struct CallHandlers {
 };
 
 // One streaming HTTP exchange. Keep the shared_ptr while you need control of it; the call keeps
-// itself alive until on_done has run. cancel() ends it without calling on_done.
+// itself alive until on_done has run. cancel() ends it without calling on_done; it may be called
+// from inside the call's own handlers. A call must not outlive its CurlLoop's event_base; when the
+// CurlLoop is destroyed first, the call is cancelled (no on_done) and its self-reference released.
 class HttpCall : public std::enable_shared_from_this<HttpCall> {
 public:
     static std::shared_ptr<HttpCall> start(CurlLoop& loop, CallOptions options,
