@@ -1,0 +1,250 @@
+// The blob cache: a BlobStore, one writer thread, and single-flight verified fills.
+//
+// Life of a blob GET through the cache (the registry front drives it):
+//   open_reader(digest, offset, len)
+//     complete blob -> a BlobReader over committed chunks
+//     fill running  -> a BlobReader joined to that fill
+//     absent        -> kErrNotFound: the caller calls start_or_join_fill(); if `started` it
+//                      drives the source (S3 or upstream GET) into the fill, then opens a reader.
+//   The server calls reader->read(max) while its socket is under the high watermark; on
+//   would_block it waits for the on_readable callback.
+//
+// Threads: every method of Cache, CacheFill and BlobReader, and every callback they make, runs on
+// the event loop thread of the event_base passed to open(). The writer thread owns every write
+// transaction: it takes whatever is queued (group commit, at most max_batch_bytes per txn),
+// hashes fill chunks (sha256, OpenSSL EVP), writes them, evicts to stay under max_size, commits,
+// and wakes the loop through a pipe. Readers copy one chunk at a time out of LMDB in a short read
+// transaction, or point at a not-yet-committed chunk held in memory by the fill.
+//
+// Lifetimes: BlobReaders must be destroyed before the Cache. A CacheFill may outlive it (the source
+// may still hold it); once the Cache is gone the fill reports failure and ignores input.
+#pragma once
+
+#include <event2/event.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "drayage/cache/blob_store.hpp"
+#include "drayage/config/config.hpp"
+#include "drayage/util/result.hpp"
+
+namespace drayage::cache {
+
+class Cache;
+class CacheFill;
+struct ReaderCore;
+
+// Error codes a reader or fill reports (Error::code), besides the store's.
+inline constexpr const char* kErrDigestMismatch = "cache.digest_mismatch";
+inline constexpr const char* kErrSizeMismatch = "cache.size_mismatch";
+inline constexpr const char* kErrSourceFailed = "cache.source_failed";
+inline constexpr const char* kErrAbandoned = "cache.abandoned";  // orphan fill, or Cache closed
+inline constexpr const char* kErrRange = "cache.range";          // offset past the end (416)
+inline constexpr const char* kErrGone =
+    "cache.gone";  // blob dropped under a reader (operator evict)
+
+struct CacheOptions {
+    config::CacheConfig config;
+    std::uint64_t chunk_size = 256 * 1024;    // requested; see StoreOptions
+    std::chrono::seconds touch_interval{60};  // LRU/hit-count updates per blob at most this often
+    // Writer queue watermarks (bytes of queued chunks): above high every append() returns false;
+    // sources are resumed when the queue drains under low.
+    std::uint64_t queue_high_watermark = 32 * 1024 * 1024;
+    std::uint64_t queue_low_watermark = 8 * 1024 * 1024;
+    std::uint64_t max_batch_bytes = 64 * 1024 * 1024;  // per group commit
+    std::size_t evict_batch_blobs = 64;                // per eviction transaction
+    std::uint64_t gc_batch_chunks = 1024;              // chunk deletions per transaction
+    // Tests: use this store instead of opening LMDB at config.path.
+    std::function<std::unique_ptr<BlobStore>()> store_factory;
+};
+
+struct ReadResult {
+    enum class Kind { data, would_block, end, error };
+    Kind kind = Kind::would_block;
+    std::string_view bytes;  // kind == data: valid until the next read() or the reader's end
+    Error error;             // kind == error
+};
+
+// One client's transfer of [offset, offset + len) of one blob, at the client's own pace.
+class BlobReader {
+public:
+    ~BlobReader();
+    BlobReader(const BlobReader&) = delete;
+    BlobReader& operator=(const BlobReader&) = delete;
+
+    // Up to max_bytes (never more than one chunk). would_block: the bytes have not arrived yet;
+    // on_readable fires when they have (or the fill ended). error: the transfer is cut (digest
+    // mismatch, source failure, blob dropped).
+    // A reader joined to a running fill holds back the last byte of its range until the fill's
+    // sha256 has checked out: a client can never complete a transfer of bytes that fail
+    // verification, and `end` is only ever returned for verified blobs.
+    ReadResult read(std::size_t max_bytes);
+    // Called on the loop thread (never from inside read()) after a would_block, when read() may
+    // make progress. Replaces any previous callback.
+    void on_readable(std::function<void()> callback);
+
+    std::uint64_t position() const;            // next byte read() returns
+    std::optional<std::uint64_t> end() const;  // one past the last byte, once known
+    std::optional<std::uint64_t> blob_size() const;
+
+private:
+    friend class Cache;
+    explicit BlobReader(std::shared_ptr<ReaderCore> core);
+    std::shared_ptr<ReaderCore> core_;
+};
+
+// The one fill of a digest in this process. The source pushes bytes in order.
+class CacheFill : public std::enable_shared_from_this<CacheFill> {
+public:
+    // Feeds bytes. Returns false when the writer queue is over its high watermark: the source
+    // should stop reading until the resume callback fires (the bytes given are kept either way).
+    // After the fill ended (failed, abandoned) bytes are ignored and it returns false.
+    bool append(std::string_view bytes);
+    // All bytes given. The fill completes once the writer has verified the sha256.
+    void finish();
+    // The source broke. Readers are cut short; the next request starts a new fill.
+    void fail(Error error);
+
+    void set_resume_callback(std::function<void()> cb);
+    // The fill no longer wants bytes (orphaned with complete_orphan_fills false, Cache closed,
+    // or verification failed early): the source should stop and drop its fill pointer.
+    void set_cancel_callback(std::function<void()> cb);
+
+    const std::string& digest() const { return digest_; }
+    std::uint64_t received() const { return received_; }
+    std::optional<std::uint64_t> expected_size() const { return expected_size_; }
+    bool done() const { return state_ != State::running && state_ != State::finishing; }
+    bool succeeded() const { return state_ == State::complete; }
+    const Error& error() const { return error_; }
+    std::size_t readers() const { return readers_; }
+
+    // Internal (constructed by Cache::start_or_join_fill).
+    struct Token {};
+    CacheFill(Token, Cache* cache, std::string digest, std::optional<std::uint64_t> expected,
+              std::uint64_t fill_id, std::uint64_t chunk_size);
+    ~CacheFill();
+
+private:
+    friend class Cache;
+    friend struct ReaderCore;
+    friend class BlobReader;
+    enum class State { running, finishing, complete, failed };
+
+    void submit_tail(bool last);
+    void end_with(Error error, bool tell_writer);
+    void wake_readers();
+    void reader_left();
+
+    Cache* cache_;
+    std::string digest_;
+    std::optional<std::uint64_t> expected_size_;
+    std::uint64_t fill_id_;
+    std::uint64_t chunk_size_;
+    State state_ = State::running;
+    Error error_;
+    std::uint64_t received_ = 0;
+    std::string tail_;  // bytes of the chunk being assembled (reserved: never reallocates)
+    std::uint32_t next_index_ = 0;  // chunks handed to the writer
+    std::uint32_t committed_ = 0;   // chunks committed, contiguous from 0
+    std::uint64_t blob_id_ = 0;     // known once the first commit reports back
+    std::map<std::uint32_t, std::shared_ptr<const std::string>> in_flight_;
+    std::uint64_t queued_bytes_ = 0;
+    bool paused_ = false;
+    bool cancel_sent_ = false;
+    std::size_t readers_ = 0;
+    std::vector<std::weak_ptr<ReaderCore>> waiters_;
+    std::function<void()> on_resume_;
+    std::function<void()> on_cancel_;
+};
+
+struct FillHandle {
+    std::shared_ptr<CacheFill> fill;
+    bool started = false;  // true: this caller must drive a source into `fill`
+};
+
+enum class Presence { absent, filling, complete };
+
+struct Lookup {
+    Presence presence = Presence::absent;
+    std::uint64_t size = 0;  // complete only
+    std::string media_type;
+};
+
+struct Document {
+    std::string media_type;
+    std::string bytes;
+};
+
+struct CacheStats {
+    StoreUsage store;
+    std::uint64_t hits = 0;   // readers opened on complete blobs
+    std::uint64_t joins = 0;  // readers joined to a running fill
+    std::uint64_t fills_started = 0;
+    std::uint64_t fills_completed = 0;
+    std::uint64_t fills_failed = 0;  // source failure, mismatch, abandoned
+    std::uint64_t digest_mismatches = 0;
+    std::uint64_t evicted_blobs = 0;
+    std::uint64_t commits = 0;  // write transactions committed
+    std::uint64_t map_full_retries = 0;
+    std::uint64_t over_limit = 0;  // batches written over max_size (everything else pinned)
+    std::uint64_t queued_bytes = 0;
+    std::size_t running_fills = 0;
+};
+
+class Cache {
+public:
+    // Opens (or creates) the store, sweeps `filling` records left by a crash, starts the writer.
+    // Only one Cache per path per host: an exclusive flock on <path>/drayage.lock (the operator
+    // CLI does not take it). Errors name the path and the cause.
+    static Result<std::unique_ptr<Cache>> open(event_base* base, CacheOptions options);
+    ~Cache();  // drains the writer queue, abandons running fills, joins the writer
+
+    Result<Lookup> lookup(std::string_view digest);
+    // [offset, offset+len) of a complete or filling blob; len nullopt = to the end.
+    // kErrNotFound: absent. kErrRange: offset past a known end.
+    Result<std::unique_ptr<BlobReader>> open_reader(std::string_view digest, std::uint64_t offset,
+                                                    std::optional<std::uint64_t> len);
+    // Joins the running fill of `digest` or starts one. Errors: not a sha256 digest; expected size
+    // larger than max_size (the caller streams without caching).
+    Result<FillHandle> start_or_join_fill(std::string_view digest,
+                                          std::optional<std::uint64_t> expected_size);
+
+    // Small JSON documents (manifests), verified against their digest before they are stored.
+    // `done` (optional) runs on the loop after the commit.
+    Status put_document(std::string_view digest, std::string_view media_type, std::string bytes,
+                        std::function<void(Status)> done = {});
+    Result<std::optional<Document>> get_document(std::string_view digest);
+
+    // The repository -> blob relation (for access control): written through the writer.
+    void link(std::string_view repo, std::string_view digest);
+    Result<bool> is_linked(std::string_view repo, std::string_view digest);
+
+    // Drops a blob now unless a reader or fill holds it (returns false then).
+    bool evict(std::string_view digest);
+
+    CacheStats stats();
+    // Runs `cb` on the loop once everything queued so far is committed (tests, shutdown).
+    void when_idle(std::function<void()> cb);
+
+    BlobStore& store();
+    event_base* base() const;
+
+    struct Impl;
+
+private:
+    friend class CacheFill;
+    friend struct ReaderCore;
+    friend class BlobReader;
+    explicit Cache(std::unique_ptr<Impl> impl);
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace drayage::cache

@@ -1,0 +1,215 @@
+// Internals shared by cache.cpp (loop side) and writer.cpp (writer thread).
+#pragma once
+
+#include <event2/event.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "drayage/cache/cache.hpp"
+#include "drayage/util/metrics.hpp"
+
+namespace drayage::cache {
+
+// What the loop asks the writer to do. Processed strictly in order.
+struct WriterOp {
+    enum class Kind {
+        fill_begin,
+        fill_chunk,
+        fill_finish,
+        fill_abort,
+        touch,
+        document,
+        link,
+        evict,
+        barrier,
+        stop
+    };
+    Kind kind = Kind::barrier;
+    std::uint64_t fill_id = 0;
+    std::uint64_t id = 0;  // document / barrier
+    std::string digest;    // link: repo '\0' digest
+    std::uint32_t index = 0;
+    std::shared_ptr<const std::string> data;
+    std::uint64_t size = 0;
+    std::int64_t now = 0;
+    std::uint64_t hits = 0;
+    std::string media_type;
+};
+
+// What the writer reports back to the loop.
+struct Completion {
+    enum class Kind { committed, fill_done, document_done, linked, barrier };
+    Kind kind = Kind::barrier;
+    std::uint64_t fill_id = 0;
+    std::uint64_t id = 0;
+    std::uint64_t blob_id = 0;
+    std::uint32_t committed = 0;       // chunks committed, contiguous from 0
+    std::uint64_t bytes_released = 0;  // queued bytes now on disk (or dropped)
+    bool ok = true;
+    Error error;
+    std::string digest;
+};
+
+// Pin counts held by readers and fills of this process; the writer never evicts a pinned blob.
+// A blob the writer is evicting cannot be pinned until that commit is done.
+class Pins {
+public:
+    bool pin(const std::string& digest) {
+        std::lock_guard lock(mu_);
+        if (evicting_.count(digest) > 0) return false;
+        ++counts_[digest];
+        return true;
+    }
+    void unpin(const std::string& digest) {
+        std::lock_guard lock(mu_);
+        auto it = counts_.find(digest);
+        if (it == counts_.end()) return;
+        if (--it->second == 0) counts_.erase(it);
+    }
+    std::size_t count(const std::string& digest) {
+        std::lock_guard lock(mu_);
+        auto it = counts_.find(digest);
+        return it == counts_.end() ? 0 : static_cast<std::size_t>(it->second);
+    }
+    // Writer: claims `digest` for eviction unless pinned.
+    bool claim_for_eviction(const std::string& digest) {
+        std::lock_guard lock(mu_);
+        if (counts_.count(digest) > 0) return false;
+        evicting_.insert(digest);
+        return true;
+    }
+    void release_claims() {
+        std::lock_guard lock(mu_);
+        evicting_.clear();
+    }
+
+private:
+    std::mutex mu_;
+    std::unordered_map<std::string, int> counts_;
+    std::set<std::string> evicting_;
+};
+
+class Writer;
+
+// A per-Cache count (stats(), tests) that also feeds the process-wide /metrics counter.
+struct Tally {
+    Tally(const char* name, const char* help) : metric(metrics::global().counter(name, help)) {}
+    void fetch_add(std::uint64_t n) {
+        local.fetch_add(n, std::memory_order_relaxed);
+        metric.inc(n);
+    }
+    std::uint64_t load() const { return local.load(std::memory_order_relaxed); }
+    std::atomic<std::uint64_t> local{0};
+    metrics::Counter& metric;
+};
+
+struct Cache::Impl {
+    event_base* base = nullptr;
+    CacheOptions options;
+    std::unique_ptr<BlobStore> store;
+    std::unique_ptr<Writer> writer;
+    Pins pins;
+    int lock_fd = -1;
+    event* notify_ev = nullptr;
+    event* wake_ev = nullptr;
+
+    // Loop-thread state.
+    std::map<std::string, std::shared_ptr<CacheFill>> fills;  // running, by digest
+    std::map<std::uint64_t, std::weak_ptr<CacheFill>> by_id;  // until the writer is done
+    std::vector<std::weak_ptr<CacheFill>> paused;
+    std::vector<std::function<void()>> deferred;
+    std::uint64_t queued_bytes = 0;
+    std::uint64_t next_fill_id = 0;
+    std::uint64_t next_doc_id = 0;
+    struct PendingDoc {
+        std::uint64_t id;
+        std::string media_type;
+        std::shared_ptr<const std::string> bytes;
+    };
+    std::map<std::string, PendingDoc> pending_docs;
+    std::map<std::uint64_t, std::function<void(Status)>> doc_callbacks;
+    std::map<std::uint64_t, std::function<void()>> idle_callbacks;
+    std::set<std::string> pending_links;
+    struct Touch {
+        std::uint64_t hits = 0;
+        std::int64_t queued_at = 0;
+    };
+    std::unordered_map<std::string, Touch> touches;
+
+    // Counters (the writer updates some).
+    Tally hits{"drayage_cache_hits_total", "Readers opened on complete cached blobs."};
+    Tally joins{"drayage_cache_fill_joins_total", "Readers joined to a running fill."};
+    Tally fills_started{"drayage_cache_fills_started_total", "Cache fills started (misses)."};
+    Tally fills_completed{"drayage_cache_fills_completed_total", "Fills verified and stored."};
+    Tally fills_failed{"drayage_cache_fills_failed_total",
+                       "Fills dropped: source failure, digest mismatch, abandoned, store error."};
+    Tally digest_mismatches{"drayage_cache_digest_mismatches_total",
+                            "Fills whose bytes did not hash to their digest."};
+    Tally evicted_blobs{"drayage_cache_evicted_blobs_total",
+                        "Blobs evicted to stay under max_size."};
+    Tally commits{"drayage_cache_commits_total", "LMDB write transactions committed."};
+    Tally map_full_retries{"drayage_cache_map_full_retries_total",
+                           "Write batches retried after MDB_MAP_FULL."};
+    Tally over_limit{"drayage_cache_over_limit_total",
+                     "Write batches stored over max_size because everything else was pinned."};
+    metrics::Gauge& charged_gauge = metrics::global().gauge(
+        "drayage_cache_charged_bytes", "Bytes the cache holds (bounded by max_size).");
+
+    void defer(std::function<void()> fn);
+    void run_deferred();
+    bool pin(const std::string& digest);
+    void unpin(const std::string& digest);
+    void forget_fill(CacheFill& fill);
+    void on_completions();
+    void note_access(const BlobMeta& meta);
+};
+
+// The writer thread: owns every write transaction of this process.
+class Writer {
+public:
+    static Result<std::unique_ptr<Writer>> start(Cache::Impl& impl);
+    ~Writer();
+
+    void push(WriterOp op);
+    std::vector<Completion> take_completions();
+    int wake_fd() const { return wake_read_; }
+    void clear_wake() { wake_pending_.store(false); }
+    void stop_and_join();
+
+    struct FillState;
+
+private:
+    explicit Writer(Cache::Impl& impl);
+    void run();
+    void process(std::vector<WriterOp>& batch);
+    bool make_room(std::uint64_t incoming, std::uint64_t shrink_by = 0);
+    void collect_garbage_step();
+    void post(std::vector<Completion> done);
+
+    Cache::Impl& impl_;
+    BlobStore& store_;
+    std::thread thread_;
+    std::mutex mu_;
+    std::condition_variable cv_;
+    std::deque<WriterOp> queue_;
+    bool stopping_ = false;
+    std::mutex done_mu_;
+    std::vector<Completion> done_;
+    std::atomic<bool> wake_pending_{false};
+    int wake_read_ = -1;
+    int wake_write_ = -1;
+    bool garbage_ = true;                                        // writer thread only
+    std::map<std::uint64_t, std::unique_ptr<FillState>> fills_;  // writer thread only
+};
+
+}  // namespace drayage::cache

@@ -1,0 +1,467 @@
+// The LMDB BlobStore. See blob_store.hpp for the data model.
+//
+// Environment flags, and why:
+//   MDB_NOTLS       read transactions are begun and ended on the event loop (and on the writer
+//                   thread, and in the CLI); none is tied to a thread's slot.
+//   MDB_NOMETASYNC  each commit fsyncs the data pages but not the meta page; the meta page goes
+//                   out with the next commit. A kill -9 loses nothing that was committed (the page
+//                   cache has it); an OS crash or power cut may undo the last commit but never
+//                   breaks integrity (lmdb.h). MDB_NOSYNC was rejected: after a power cut the
+//                   file may be corrupt, and a cache that serves bytes by digest must not risk
+//                   that. The cost is one fsync per group commit, amortised over the batch.
+//   no MDB_WRITEMAP a stray write through a pointer cannot reach the file.
+#include <lmdb.h>
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "drayage/cache/blob_store.hpp"
+#include "store_common.hpp"
+
+namespace drayage::cache {
+namespace {
+
+using detail::chunk_key;
+using detail::link_key;
+using detail::lru_key;
+
+Error lmdb_error(int rc, const std::string& what) {
+    const char* code = rc == MDB_MAP_FULL   ? kErrMapFull
+                       : rc == MDB_NOTFOUND ? kErrNotFound
+                                            : kErrStore;
+    return make_error(code, what + ": " + mdb_strerror(rc));
+}
+
+MDB_val val(std::string_view s) {
+    return MDB_val{s.size(), const_cast<char*>(s.data())};
+}
+
+std::string_view view(const MDB_val& v) {
+    return {static_cast<const char*>(v.mv_data), v.mv_size};
+}
+
+struct TxnDeleter {
+    void operator()(MDB_txn* t) const {
+        if (t != nullptr) mdb_txn_abort(t);
+    }
+};
+using TxnPtr = std::unique_ptr<MDB_txn, TxnDeleter>;
+
+struct CursorDeleter {
+    void operator()(MDB_cursor* c) const {
+        if (c != nullptr) mdb_cursor_close(c);
+    }
+};
+using CursorPtr = std::unique_ptr<MDB_cursor, CursorDeleter>;
+
+struct Dbis {
+    MDB_dbi meta = 0, chunks = 0, lru = 0, links = 0, garbage = 0, info = 0;
+};
+
+int begin_txn(MDB_env* env, unsigned flags, TxnPtr& out) {
+    MDB_txn* t = nullptr;
+    int rc = mdb_txn_begin(env, nullptr, flags, &t);
+    if (rc == MDB_MAP_RESIZED) {
+        // Another process grew the map: adopt its size and retry.
+        mdb_env_set_mapsize(env, 0);
+        rc = mdb_txn_begin(env, nullptr, flags, &t);
+    }
+    if (rc == 0) out.reset(t);
+    return rc;
+}
+
+Result<std::optional<BlobMeta>> read_meta(MDB_txn* txn, MDB_dbi dbi, std::string_view digest) {
+    MDB_val k = val(digest);
+    MDB_val v;
+    int rc = mdb_get(txn, dbi, &k, &v);
+    if (rc == MDB_NOTFOUND) return std::optional<BlobMeta>{};
+    if (rc != 0) return lmdb_error(rc, "reading blob meta");
+    BlobMeta m;
+    if (!detail::decode_meta(digest, view(v), m)) {
+        return make_error(kErrStore, "corrupt meta record for " + std::string(digest));
+    }
+    return std::optional<BlobMeta>{std::move(m)};
+}
+
+std::uint64_t read_u64(MDB_txn* txn, MDB_dbi info, const char* name, std::uint64_t dflt) {
+    MDB_val k = val(name);
+    MDB_val v;
+    if (mdb_get(txn, info, &k, &v) != 0 || v.mv_size != 8) return dflt;
+    std::uint64_t out = 0;
+    std::memcpy(&out, v.mv_data, 8);
+    return out;
+}
+
+int write_u64(MDB_txn* txn, MDB_dbi info, const char* name, std::uint64_t value) {
+    MDB_val k = val(name);
+    MDB_val v{8, &value};
+    return mdb_put(txn, info, &k, &v, 0);
+}
+
+class LmdbWrite final : public StoreWrite {
+public:
+    LmdbWrite(TxnPtr txn, const Dbis& dbis, std::uint64_t page)
+        : txn_(std::move(txn)), dbi_(dbis), page_(page) {
+        charged_ = read_u64(txn_.get(), dbi_.info, "charged", 0);
+        next_id_ = read_u64(txn_.get(), dbi_.info, "next_id", 1);
+    }
+
+    Result<std::optional<BlobMeta>> get_meta(std::string_view digest) override {
+        return read_meta(txn_.get(), dbi_.meta, digest);
+    }
+
+    Status put_meta(const BlobMeta& meta) override {
+        auto old = get_meta(meta.digest);
+        if (!old) return old.error();
+        if (*old) {
+            std::string ok = lru_key((*old)->last_access, meta.digest);
+            MDB_val k = val(ok);
+            int rc = mdb_del(txn_.get(), dbi_.lru, &k, nullptr);
+            if (rc != 0 && rc != MDB_NOTFOUND) return lmdb_error(rc, "updating LRU index");
+        } else {
+            charged_ += kMetaCharge;
+        }
+        std::string enc = detail::encode_meta(meta);
+        MDB_val k = val(meta.digest);
+        MDB_val v = val(enc);
+        if (int rc = mdb_put(txn_.get(), dbi_.meta, &k, &v, 0); rc != 0) {
+            return lmdb_error(rc, "writing blob meta");
+        }
+        std::string lk = lru_key(meta.last_access, meta.digest);
+        MDB_val lkv = val(lk);
+        MDB_val empty{0, nullptr};
+        if (int rc = mdb_put(txn_.get(), dbi_.lru, &lkv, &empty, 0); rc != 0) {
+            return lmdb_error(rc, "writing LRU index");
+        }
+        return {};
+    }
+
+    Result<std::uint64_t> new_blob_id() override { return next_id_++; }
+
+    Status put_chunk(std::uint64_t blob_id, std::uint32_t index, std::string_view bytes) override {
+        std::string key = chunk_key(blob_id, index);
+        MDB_val k = val(key);
+        MDB_val v = val(bytes);
+        if (int rc = mdb_put(txn_.get(), dbi_.chunks, &k, &v, 0); rc != 0) {
+            return lmdb_error(rc, "writing chunk");
+        }
+        charged_ += detail::chunk_charge(bytes.size(), page_);
+        return {};
+    }
+
+    Result<bool> drop_blob(std::string_view digest) override {
+        auto old = get_meta(digest);
+        if (!old) return old.error();
+        if (!*old) return false;
+        MDB_val k = val(digest);
+        if (int rc = mdb_del(txn_.get(), dbi_.meta, &k, nullptr); rc != 0) {
+            return lmdb_error(rc, "dropping blob meta");
+        }
+        std::string lk = lru_key((*old)->last_access, digest);
+        MDB_val lkv = val(lk);
+        int rc = mdb_del(txn_.get(), dbi_.lru, &lkv, nullptr);
+        if (rc != 0 && rc != MDB_NOTFOUND) return lmdb_error(rc, "dropping LRU entry");
+        std::string gk;
+        detail::put_be64(gk, (*old)->blob_id);
+        MDB_val gkv = val(gk);
+        MDB_val empty{0, nullptr};
+        if (rc = mdb_put(txn_.get(), dbi_.garbage, &gkv, &empty, 0); rc != 0) {
+            return lmdb_error(rc, "queueing chunks for deletion");
+        }
+        charged_ = charged_ >= kMetaCharge ? charged_ - kMetaCharge : 0;
+        return true;
+    }
+
+    Result<std::uint64_t> collect_garbage(std::uint64_t max_chunks) override {
+        std::uint64_t deleted = 0;
+        while (deleted < max_chunks) {
+            MDB_cursor* gc = nullptr;
+            if (int rc = mdb_cursor_open(txn_.get(), dbi_.garbage, &gc); rc != 0) {
+                return lmdb_error(rc, "opening garbage cursor");
+            }
+            CursorPtr gcur(gc);
+            MDB_val gk;
+            MDB_val gv;
+            int rc = mdb_cursor_get(gc, &gk, &gv, MDB_FIRST);
+            if (rc == MDB_NOTFOUND) break;
+            if (rc != 0) return lmdb_error(rc, "reading garbage");
+            std::string garbage_key(view(gk));
+            std::uint64_t blob_id =
+                detail::get_be64(reinterpret_cast<const unsigned char*>(garbage_key.data()));
+            MDB_cursor* cc = nullptr;
+            if (rc = mdb_cursor_open(txn_.get(), dbi_.chunks, &cc); rc != 0) {
+                return lmdb_error(rc, "opening chunk cursor");
+            }
+            CursorPtr ccur(cc);
+            std::string start = chunk_key(blob_id, 0);
+            bool exhausted = true;
+            while (deleted < max_chunks) {
+                MDB_val k = val(start);
+                MDB_val v;
+                rc = mdb_cursor_get(cc, &k, &v, MDB_SET_RANGE);
+                if (rc == MDB_NOTFOUND) break;
+                if (rc != 0) return lmdb_error(rc, "reading chunk");
+                if (k.mv_size != 12 ||
+                    detail::get_be64(static_cast<const unsigned char*>(k.mv_data)) != blob_id) {
+                    break;
+                }
+                std::uint64_t len = v.mv_size;
+                if (rc = mdb_cursor_del(cc, 0); rc != 0) return lmdb_error(rc, "deleting chunk");
+                std::uint64_t c = detail::chunk_charge(len, page_);
+                charged_ = charged_ >= c ? charged_ - c : 0;
+                ++deleted;
+                if (deleted == max_chunks) exhausted = false;
+            }
+            if (!exhausted) break;
+            MDB_val dk = val(garbage_key);
+            if (rc = mdb_del(txn_.get(), dbi_.garbage, &dk, nullptr); rc != 0) {
+                return lmdb_error(rc, "clearing garbage entry");
+            }
+        }
+        return deleted;
+    }
+
+    Result<bool> has_garbage() override {
+        MDB_stat st;
+        if (int rc = mdb_stat(txn_.get(), dbi_.garbage, &st); rc != 0) {
+            return lmdb_error(rc, "stat garbage");
+        }
+        return st.ms_entries > 0;
+    }
+
+    Result<std::vector<BlobMeta>> oldest(std::size_t skip, std::size_t n) override {
+        std::vector<BlobMeta> out;
+        MDB_cursor* c = nullptr;
+        if (int rc = mdb_cursor_open(txn_.get(), dbi_.lru, &c); rc != 0) {
+            return lmdb_error(rc, "opening LRU cursor");
+        }
+        CursorPtr cur(c);
+        MDB_val k;
+        MDB_val v;
+        int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+        std::size_t seen = 0;
+        while (rc == 0 && out.size() < n) {
+            if (seen++ >= skip && k.mv_size > 8) {
+                std::string digest(view(k).substr(8));
+                auto m = get_meta(digest);
+                if (!m) return m.error();
+                if (*m) out.push_back(std::move(**m));
+            }
+            rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+        }
+        if (rc != 0 && rc != MDB_NOTFOUND) return lmdb_error(rc, "walking LRU index");
+        return out;
+    }
+
+    Status link(std::string_view repo, std::string_view digest) override {
+        std::string key = link_key(repo, digest);
+        MDB_val k = val(key);
+        MDB_val empty{0, nullptr};
+        if (int rc = mdb_put(txn_.get(), dbi_.links, &k, &empty, 0); rc != 0) {
+            return lmdb_error(rc, "writing repository link");
+        }
+        return {};
+    }
+
+    std::uint64_t charged_bytes() const override { return charged_; }
+
+    Status commit() override {
+        if (int rc = write_u64(txn_.get(), dbi_.info, "charged", charged_); rc != 0) {
+            return lmdb_error(rc, "writing cache size");
+        }
+        if (int rc = write_u64(txn_.get(), dbi_.info, "next_id", next_id_); rc != 0) {
+            return lmdb_error(rc, "writing blob id counter");
+        }
+        int rc = mdb_txn_commit(txn_.release());  // frees the handle on failure too
+        if (rc != 0) return lmdb_error(rc, "committing");
+        return {};
+    }
+
+private:
+    TxnPtr txn_;
+    Dbis dbi_;
+    std::uint64_t page_;
+    std::uint64_t charged_ = 0;
+    std::uint64_t next_id_ = 1;
+};
+
+class LmdbStore final : public BlobStore {
+public:
+    ~LmdbStore() override {
+        if (env_ != nullptr) mdb_env_close(env_);
+    }
+
+    Status open(const StoreOptions& opts) {
+        path_ = opts.path;
+        max_size_ = opts.max_size;
+        std::error_code ec;
+        std::filesystem::create_directories(path_, ec);
+        if (ec)
+            return make_error(kErrStore,
+                              "cannot create cache directory " + path_ + ": " + ec.message());
+        if (int rc = mdb_env_create(&env_); rc != 0) return lmdb_error(rc, "mdb_env_create");
+        mdb_env_set_maxdbs(env_, 8);
+        mdb_env_set_maxreaders(env_, 1024);
+        if (int rc = mdb_env_set_mapsize(
+                env_, opts.map_size != 0 ? opts.map_size : map_size_for(max_size_));
+            rc != 0) {
+            return lmdb_error(rc, "setting map size for " + path_);
+        }
+        if (int rc = mdb_env_open(env_, path_.c_str(), MDB_NOTLS | MDB_NOMETASYNC, 0644); rc != 0) {
+            return lmdb_error(rc, "opening cache at " + path_);
+        }
+        int dead = 0;
+        mdb_reader_check(env_, &dead);  // reader slots of processes killed mid-read
+        MDB_stat st;
+        mdb_env_stat(env_, &st);
+        page_ = st.ms_psize;
+
+        TxnPtr txn;
+        if (int rc = begin_txn(env_, 0, txn); rc != 0)
+            return lmdb_error(rc, "opening cache at " + path_);
+        struct Named {
+            const char* name;
+            MDB_dbi* dbi;
+        };
+        for (Named n : {Named{"meta", &dbi_.meta}, Named{"chunks", &dbi_.chunks},
+                        Named{"lru", &dbi_.lru}, Named{"links", &dbi_.links},
+                        Named{"garbage", &dbi_.garbage}, Named{"info", &dbi_.info}}) {
+            if (int rc = mdb_dbi_open(txn.get(), n.name, MDB_CREATE, n.dbi); rc != 0) {
+                return lmdb_error(rc, std::string("opening database ") + n.name + " in " + path_);
+            }
+        }
+        chunk_size_ = read_u64(txn.get(), dbi_.info, "chunk_size", 0);
+        if (chunk_size_ == 0) {
+            chunk_size_ = detail::round_chunk_size(opts.chunk_size, page_);
+            if (int rc = write_u64(txn.get(), dbi_.info, "chunk_size", chunk_size_); rc != 0) {
+                return lmdb_error(rc, "initialising " + path_);
+            }
+        }
+        if (int rc = mdb_txn_commit(txn.release()); rc != 0)
+            return lmdb_error(rc, "initialising " + path_);
+        return {};
+    }
+
+    std::uint64_t chunk_size() const override { return chunk_size_; }
+    std::uint64_t max_size() const override { return max_size_; }
+    std::uint64_t chunk_charge(std::uint64_t len) const override {
+        return detail::chunk_charge(len, page_);
+    }
+
+    Result<std::optional<BlobMeta>> stat(std::string_view digest) override {
+        TxnPtr txn;
+        if (int rc = begin_txn(env_, MDB_RDONLY, txn); rc != 0) return lmdb_error(rc, "read txn");
+        return read_meta(txn.get(), dbi_.meta, digest);
+    }
+
+    Status read_chunk(std::uint64_t blob_id, std::uint32_t index, std::string& out) override {
+        TxnPtr txn;
+        if (int rc = begin_txn(env_, MDB_RDONLY, txn); rc != 0) return lmdb_error(rc, "read txn");
+        std::string key = chunk_key(blob_id, index);
+        MDB_val k = val(key);
+        MDB_val v;
+        if (int rc = mdb_get(txn.get(), dbi_.chunks, &k, &v); rc != 0) {
+            return lmdb_error(rc, "reading chunk");
+        }
+        // Copy and let go of the snapshot: a slow client must never hold a read transaction.
+        out.assign(static_cast<const char*>(v.mv_data), v.mv_size);
+        return {};
+    }
+
+    Result<std::unique_ptr<StoreWrite>> begin_write() override {
+        TxnPtr txn;
+        if (int rc = begin_txn(env_, 0, txn); rc != 0) return lmdb_error(rc, "write txn");
+        return std::unique_ptr<StoreWrite>(
+            std::make_unique<LmdbWrite>(std::move(txn), dbi_, page_));
+    }
+
+    Result<std::vector<BlobMeta>> list() override {
+        std::vector<BlobMeta> out;
+        std::string last;
+        bool first = true;
+        for (;;) {
+            TxnPtr txn;
+            if (int rc = begin_txn(env_, MDB_RDONLY, txn); rc != 0)
+                return lmdb_error(rc, "read txn");
+            MDB_cursor* c = nullptr;
+            if (int rc = mdb_cursor_open(txn.get(), dbi_.meta, &c); rc != 0) {
+                return lmdb_error(rc, "meta cursor");
+            }
+            CursorPtr cur(c);
+            MDB_val k = val(last);
+            MDB_val v;
+            int rc = first ? mdb_cursor_get(c, &k, &v, MDB_FIRST)
+                           : mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+            if (rc == 0 && !first && view(k) == last) rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+            int page = 0;
+            while (rc == 0 && page < 1024) {
+                BlobMeta m;
+                if (detail::decode_meta(view(k), view(v), m)) out.push_back(std::move(m));
+                last.assign(view(k));
+                ++page;
+                rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+            }
+            if (rc == MDB_NOTFOUND) break;
+            if (rc != 0) return lmdb_error(rc, "listing blobs");
+            first = false;
+        }
+        return out;
+    }
+
+    Result<bool> is_linked(std::string_view repo, std::string_view digest) override {
+        TxnPtr txn;
+        if (int rc = begin_txn(env_, MDB_RDONLY, txn); rc != 0) return lmdb_error(rc, "read txn");
+        std::string key = link_key(repo, digest);
+        MDB_val k = val(key);
+        MDB_val v;
+        int rc = mdb_get(txn.get(), dbi_.links, &k, &v);
+        if (rc == MDB_NOTFOUND) return false;
+        if (rc != 0) return lmdb_error(rc, "reading repository link");
+        return true;
+    }
+
+    Result<StoreUsage> usage() override {
+        TxnPtr txn;
+        if (int rc = begin_txn(env_, MDB_RDONLY, txn); rc != 0) return lmdb_error(rc, "read txn");
+        StoreUsage u;
+        u.max_size = max_size_;
+        u.chunk_size = chunk_size_;
+        u.charged_bytes = read_u64(txn.get(), dbi_.info, "charged", 0);
+        for (MDB_dbi d : {dbi_.meta, dbi_.chunks, dbi_.lru, dbi_.links, dbi_.garbage, dbi_.info}) {
+            MDB_stat st;
+            if (int rc = mdb_stat(txn.get(), d, &st); rc != 0) return lmdb_error(rc, "stat");
+            u.used_bytes += (st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages) * page_;
+            if (d == dbi_.meta) u.blobs = st.ms_entries;
+            if (d == dbi_.garbage) u.garbage_blobs = st.ms_entries;
+        }
+        MDB_envinfo info;
+        mdb_env_info(env_, &info);
+        u.map_bytes = info.me_mapsize;
+        struct stat sb;
+        if (::stat((path_ + "/data.mdb").c_str(), &sb) == 0)
+            u.file_bytes = static_cast<std::uint64_t>(sb.st_size);
+        return u;
+    }
+
+private:
+    MDB_env* env_ = nullptr;
+    Dbis dbi_;
+    std::string path_;
+    std::uint64_t max_size_ = 0;
+    std::uint64_t chunk_size_ = 0;
+    std::uint64_t page_ = 4096;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<BlobStore>> open_lmdb_store(const StoreOptions& options) {
+    auto store = std::make_unique<LmdbStore>();
+    if (auto st = store->open(options); !st) return st.error();
+    return std::unique_ptr<BlobStore>(std::move(store));
+}
+
+}  // namespace drayage::cache

@@ -1,0 +1,73 @@
+// Helpers shared by the two BlobStore implementations (not part of the public interface).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <string_view>
+
+#include "drayage/cache/blob_store.hpp"
+
+namespace drayage::cache::detail {
+
+// LMDB's page header (PAGEHDRSZ on 64-bit): an overflow run of n pages holds n * page - 16 bytes.
+inline constexpr std::uint64_t kPageHeader = 16;
+inline constexpr std::uint64_t kPageSize = 4096;  // the memory store's stand-in for the OS page
+
+// Rounds a requested chunk size so a chunk fills its overflow pages exactly.
+inline std::uint64_t round_chunk_size(std::uint64_t requested, std::uint64_t page) {
+    std::uint64_t pages = (requested + page / 2) / page;
+    if (pages < 2) pages = 2;
+    return pages * page - kPageHeader;
+}
+
+inline std::uint64_t chunk_charge(std::uint64_t len, std::uint64_t page) {
+    if (len == 0) return 0;
+    // Values under half a page live in leaf pages next to their key; larger ones get whole
+    // overflow pages of their own.
+    if (len < page / 2) return len + 24;
+    return (len + kPageHeader + page - 1) / page * page;
+}
+
+inline void put_be64(std::string& out, std::uint64_t v) {
+    for (int i = 7; i >= 0; --i)
+        out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+inline void put_be32(std::string& out, std::uint32_t v) {
+    for (int i = 3; i >= 0; --i)
+        out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+inline std::uint64_t get_be64(const unsigned char* p) {
+    std::uint64_t v = 0;
+    for (int i = 0; i < 8; ++i)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+inline std::string chunk_key(std::uint64_t blob_id, std::uint32_t index) {
+    std::string k;
+    k.reserve(12);
+    put_be64(k, blob_id);
+    put_be32(k, index);
+    return k;
+}
+
+inline std::string lru_key(std::int64_t last_access, std::string_view digest) {
+    std::string k;
+    put_be64(k, static_cast<std::uint64_t>(last_access));
+    k.append(digest);
+    return k;
+}
+
+inline std::string link_key(std::string_view repo, std::string_view digest) {
+    std::string k(repo);
+    k.push_back('\0');
+    k.append(digest);
+    return k;
+}
+
+// Fixed little binary record; the digest is the key, not stored again.
+std::string encode_meta(const BlobMeta& m);
+bool decode_meta(std::string_view digest, std::string_view bytes, BlobMeta& out);
+
+}  // namespace drayage::cache::detail
