@@ -33,7 +33,7 @@ def cache_dir(tmp_path):
 def config_file(tmp_path, cache_dir):
     f = tmp_path / "drayage.yml"
     f.write_text(yaml.safe_dump({
-        "http": {"addr": "127.0.0.1:0"},
+        "http": {"addr": "127.0.0.1:5999"},  # not listened on by cache commands
         "cache": {"path": str(cache_dir), "max_size": "64MiB"},
         "upstream": {"url": ""},
     }))

@@ -1,0 +1,132 @@
+// The push path: blob upload sessions of the Registry API v2 (OCI distribution-spec "push"),
+// streamed into the S3 bucket as parallel multipart uploads, then placed where Docker
+// Distribution keeps blobs, so the registry serving the same bucket sees them.
+//
+//   POST   /v2/<name>/blobs/uploads/                      202, a new session (Location, Range 0-0)
+//   POST   /v2/<name>/blobs/uploads/?digest=<d>           201, monolithic: the body is the blob
+//   POST   /v2/<name>/blobs/uploads/?mount=<d>&from=<r>   201 when the blob's data object is in
+//                                                         the bucket (only the link is written),
+//                                                         else 202 and a new session
+//   PATCH  /v2/<name>/blobs/uploads/<uuid>                202, bytes appended (Content-Range
+//                                                         optional; 416 when it does not start
+//                                                         at the session's offset)
+//   PUT    /v2/<name>/blobs/uploads/<uuid>?digest=<d>     201, optional last bytes, then verified
+//                                                         and placed
+//   GET    /v2/<name>/blobs/uploads/<uuid>                204, Range: 0-<offset-1>
+//   DELETE /v2/<name>/blobs/uploads/<uuid>                204, cancelled
+// Unknown (or expired) session: 404 BLOB_UPLOAD_UNKNOWN. A second PATCH/PUT while one is still
+// streaming into the same session: 409 BLOB_UPLOAD_INVALID (bytes must arrive in order).
+//
+// Where the bytes go. A session streams into an s3::MultipartUpload under a drayage-owned
+// temporary key, `<rootdirectory>/_drayage/uploads/<node>/<uuid>/data` (outside
+// `docker/registry/v2/`, which is all the registry ever walks, so it never sees half-written
+// uploads). Every `chunksize` bytes become one UploadPart, `storage.s3.multipart.concurrency` in
+// flight; while the uploader is full the client's body is paused (TCP backpressure), so memory
+// per session is bounded by (concurrency + 1) x chunksize. The sha256 is computed as bytes
+// arrive and kept in the session across PATCHes.
+//
+// At PUT the computed digest must equal `?digest=` (else 400 DIGEST_INVALID and the temporary
+// upload is aborted or deleted). A blob whose data object already exists is not stored again;
+// otherwise the temporary object is completed, copied server-side (s3::MultipartCopy, parallel
+// UploadPartCopy for large blobs) to `blobs/sha256/<hex[:2]>/<hex>/data`, and deleted. Then the
+// repository link `repositories/<name>/_layers/sha256/<hex>/link` is written. With the digest
+// known from the start (POST ?digest=) the bytes go straight to the blob's data key (the
+// multipart upload is only completed after the digest checked out, so wrong bytes never become
+// visible there).
+//
+// The cache. After a blob is in place (and the 201 sent), it is read back from the bucket into
+// the local cache (Cache::start_or_join_fill, driven from the bucket origin), so the first pull
+// through this node is a hit. Reading back rather than teeing the client's bytes keeps one code
+// path for every kind of upload (the digest of a chunked upload is only known at the end) and
+// keeps a slow cache from slowing the push; the cost is one S3 GET per pushed blob.
+//
+// Lifetimes. A session whose client went away mid-body is cancelled (its multipart upload
+// aborted): the Docker and OCI clients restart a failed push from the POST, never from the
+// offset. An idle session expires after `session_ttl` and is cancelled the same way. Multipart
+// uploads and temporary objects a crashed process left under its own node prefix are aborted
+// and deleted by recover() at start-up; those of other nodes sharing the bucket only once they
+// are older than 2 x session_ttl (so a live node's uploads are never touched).
+//
+// Threading: everything runs on the event loop thread.
+//
+// Metrics: drayage_push_blobs_total{outcome}, drayage_push_bytes_total, drayage_push_sessions,
+// drayage_push_sessions_expired_total, drayage_push_cache_fills_total{outcome}.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "drayage/cache/cache.hpp"
+#include "drayage/http/server.hpp"
+#include "drayage/registry/origin.hpp"
+#include "drayage/registry/routes.hpp"
+#include "drayage/s3/client.hpp"
+#include "drayage/util/result.hpp"
+
+struct event_base;
+
+namespace drayage::registry {
+
+struct UploadOptions {
+    // An upload session nobody wrote to for this long is cancelled.
+    std::chrono::milliseconds session_ttl{std::chrono::hours(1)};
+    // Open sessions at most; a POST past it gets 429 TOOMANYREQUESTS. An idle session holds up
+    // to one chunksize of not-yet-uploaded bytes in memory, so this bounds that memory too.
+    std::size_t max_sessions = 1024;
+    // This node's name in the temporary-key prefix (e.g. "<hostname>-<port>"): recover() aborts
+    // everything under it at start-up. Characters outside [A-Za-z0-9._-] are replaced by '_'.
+    std::string node = "node";
+};
+
+// A fresh upload id: 128 bits from OpenSSL's CSPRNG (RAND_bytes) as a version-4 style UUID,
+// "xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx" (122 random bits). Empty only when the CSPRNG fails.
+std::string new_upload_uuid();
+
+// A PATCH's Content-Range: "<first>-<last>" (what Docker and the OCI spec send), also accepted
+// with a "bytes " prefix and an optional "/<total>" suffix. Inclusive. Error 416 RANGE_INVALID
+// when malformed or last < first.
+struct UploadRange {
+    std::uint64_t first = 0;
+    std::uint64_t last = 0;
+};
+Result<UploadRange> parse_upload_range(std::string_view header);
+
+// The Range header of an upload with `offset` bytes received: "0-<offset-1>", or "0-0" when
+// empty (what Distribution answers).
+std::string upload_range_header(std::uint64_t offset);
+
+// Parses an S3 ISO-8601 timestamp ("2026-11-28T09:00:00.000Z") to seconds since the epoch;
+// nullopt when malformed.
+std::optional<std::int64_t> parse_s3_time(std::string_view text);
+
+class BlobUploads {
+public:
+    // `client`, `cache` (may be null: no cache fill) and `base` must outlive this object.
+    BlobUploads(event_base* base, s3::Client& client, cache::Cache* cache, UploadOptions options);
+    ~BlobUploads();  // cancels the expiry timer; sessions' multipart uploads are left to recover()
+    BlobUploads(const BlobUploads&) = delete;
+    BlobUploads& operator=(const BlobUploads&) = delete;
+
+    // FrontDeps::uploads: `route` is upload_start or upload, already validated.
+    void handle(std::shared_ptr<http::Exchange> exchange, const Route& route);
+
+    // Start-up cleanup (see above). `done` gets the first listing error, if any; individual
+    // abort/delete failures are logged and counted, not fatal.
+    void recover(std::function<void(Status)> done);
+
+    // The temporary-key prefix of this node ("<root>_drayage/uploads/<node>/").
+    const std::string& node_prefix() const;
+    std::size_t sessions() const;
+
+    struct Impl;
+
+private:
+    std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace drayage::registry

@@ -1,0 +1,276 @@
+// Forwarding to the registry behind drayage. Contract in include/drayage/registry/passthrough.hpp.
+#include "drayage/registry/passthrough.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <charconv>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "drayage/http/errors.hpp"
+
+namespace drayage::registry {
+namespace {
+
+using http::Exchange;
+
+// Client body bytes buffered for curl before the client is paused.
+constexpr std::size_t kBodyHighWatermark = 1024 * 1024;
+constexpr std::size_t kBodyLowWatermark = 256 * 1024;
+
+std::string_view trim(std::string_view s) {
+    while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
+        s.remove_prefix(1);
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t'))
+        s.remove_suffix(1);
+    return s;
+}
+
+std::string connection_tokens(const http::HeaderList& headers) {
+    std::string out;
+    for (const auto& [k, v] : headers) {
+        if (!http::iequals(k, "Connection")) continue;
+        if (!out.empty()) out += ",";
+        out += v;
+    }
+    return out;
+}
+
+// One forwarded request. Owned by the HttpCall's callbacks and the exchange's callbacks; both
+// are cleared when it ends, so it goes away with them.
+struct Forward : std::enable_shared_from_this<Forward> {
+    std::shared_ptr<Exchange> ex;
+    std::shared_ptr<net::HttpCall> call;
+    std::string body;            // client bytes not yet taken by curl
+    std::size_t body_taken = 0;  // prefix of `body` already sent
+    bool body_ended = false;
+    bool body_paused = false;    // the client's body (our side)
+    bool upload_paused = false;  // curl's read callback returned kBodyPause
+    bool download_paused = false;
+    bool done = false;
+
+    std::size_t pending() const { return body.size() - body_taken; }
+
+    std::size_t source(char* buf, std::size_t cap) {
+        if (pending() == 0) {
+            if (body_ended) return 0;
+            upload_paused = true;
+            return net::kBodyPause;
+        }
+        std::size_t n = std::min(cap, pending());
+        std::copy_n(body.data() + body_taken, n, buf);
+        body_taken += n;
+        if (body_taken == body.size()) {
+            body.clear();
+            body_taken = 0;
+        }
+        if (body_paused && pending() <= kBodyLowWatermark && !done) {
+            body_paused = false;
+            ex->resume_body();
+        }
+        return n;
+    }
+
+    void on_client_data(std::string_view data) {
+        if (done) return;
+        body.append(data);
+        if (upload_paused && call) {
+            upload_paused = false;
+            call->resume_upload();
+        }
+        if (pending() > kBodyHighWatermark && !body_paused) {
+            body_paused = true;
+            ex->pause_body();
+        }
+    }
+
+    void on_client_end() {
+        body_ended = true;
+        if (upload_paused && call) {
+            upload_paused = false;
+            call->resume_upload();
+        }
+    }
+
+    void stop() {
+        if (done) return;
+        done = true;
+        ex->on_writable({});
+        ex->on_closed({});
+        if (call) {
+            call->cancel();
+            call.reset();
+        }
+    }
+};
+
+}  // namespace
+
+bool is_hop_by_hop(std::string_view name, std::string_view tokens) {
+    static constexpr std::string_view kFixed[] = {"Connection",
+                                                  "Keep-Alive",
+                                                  "Proxy-Connection",
+                                                  "Proxy-Authenticate",
+                                                  "Proxy-Authorization",
+                                                  "TE",
+                                                  "Trailer",
+                                                  "Transfer-Encoding",
+                                                  "Upgrade",
+                                                  "Expect",
+                                                  "Host",
+                                                  "Content-Length"};
+    for (auto f : kFixed) {
+        if (http::iequals(name, f)) return true;
+    }
+    while (!tokens.empty()) {
+        auto comma = tokens.find(',');
+        std::string_view t = trim(tokens.substr(0, comma));
+        if (!t.empty() && http::iequals(name, t)) return true;
+        if (comma == std::string_view::npos) break;
+        tokens.remove_prefix(comma + 1);
+    }
+    return false;
+}
+
+struct Passthrough::Impl : std::enable_shared_from_this<Passthrough::Impl> {
+    net::CurlLoop& loop;
+    PassthroughOptions options;
+
+    Impl(net::CurlLoop& l, PassthroughOptions o) : loop(l), options(std::move(o)) {
+        while (!options.upstream_url.empty() && options.upstream_url.back() == '/')
+            options.upstream_url.pop_back();
+    }
+
+    void handle(const std::shared_ptr<Exchange>& ex) {
+        const http::Request& req = ex->request();
+        if (options.upstream_url.empty()) {
+            respond_error(*ex, 405, "no registry behind drayage to forward to");
+            return;
+        }
+        auto fw = std::make_shared<Forward>();
+        fw->ex = ex;
+
+        net::CallOptions co;
+        co.method = req.method;
+        co.url = options.upstream_url + req.path + (req.query.empty() ? "" : "?" + req.query);
+        std::string tokens = connection_tokens(req.headers);
+        for (const auto& [k, v] : req.headers) {
+            if (is_hop_by_hop(k, tokens) || http::iequals(k, "X-Forwarded-Host") ||
+                http::iequals(k, "X-Forwarded-Proto"))
+                continue;
+            co.headers.emplace_back(k, v);
+        }
+        std::string host(req.header("Host"));
+        if (!host.empty()) co.headers.emplace_back("X-Forwarded-Host", host);
+        co.headers.emplace_back("X-Forwarded-Proto", options.client_scheme);
+        co.verify_tls = options.verify_tls;
+        co.connect_timeout = options.connect_timeout;
+        co.stall_timeout = options.stall_timeout;
+        bool has_body = req.has_body();
+        if (has_body) {
+            std::weak_ptr<Forward> weak = fw;
+            co.body_source = [weak](char* buf, std::size_t cap) -> std::size_t {
+                auto f = weak.lock();
+                return f ? f->source(buf, cap) : 0;
+            };
+            co.body_size = req.content_length ? static_cast<std::int64_t>(*req.content_length) : -1;
+        } else if (req.method == "PUT" || req.method == "POST") {
+            co.body_size = 0;
+        }
+
+        net::CallHandlers h;
+        h.on_head = [fw](const net::CallResponse& resp) {
+            if (fw->done) return false;
+            http::HeaderList out;
+            std::string rtokens = connection_tokens(resp.headers);
+            std::optional<std::uint64_t> length;
+            bool chunked = false;
+            for (const auto& [k, v] : resp.headers) {
+                if (http::iequals(k, "Content-Length")) {
+                    std::uint64_t n = 0;
+                    auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+                    // A malformed length: send chunked instead.
+                    if (ec == std::errc() && end == v.data() + v.size()) length = n;
+                }
+                if (http::iequals(k, "Transfer-Encoding")) chunked = true;
+                if (is_hop_by_hop(k, rtokens)) continue;
+                out.emplace_back(k, v);
+            }
+            if (chunked) length.reset();
+            if (fw->ex->request().method == "HEAD" && !length) length = 0;
+            fw->ex->set_outcome("passthrough");
+            fw->ex->send_head(resp.status, std::move(out), length);
+            return true;
+        };
+        h.on_body = [fw](std::string_view data) {
+            if (fw->done) return true;
+            if (!fw->ex->write(data)) {
+                if (fw->ex->closed()) {
+                    fw->stop();
+                    return true;
+                }
+                fw->download_paused = true;
+                return false;
+            }
+            return true;
+        };
+        h.on_done = [fw](Status st, const net::CallResponse& resp) {
+            if (fw->done) return;
+            fw->done = true;
+            fw->ex->on_writable({});
+            fw->ex->on_closed({});
+            fw->call.reset();
+            if (!st) {
+                if (!fw->ex->head_sent()) {
+                    spdlog::warn("passthrough {} {}: upstream failed: {}", fw->ex->request().method,
+                                 fw->ex->request().path, st.error().to_string());
+                    respond_error(*fw->ex, 502, "upstream unavailable: " + st.error().message);
+                } else {
+                    fw->ex->abort();
+                }
+                return;
+            }
+            (void)resp;
+            fw->ex->finish();
+        };
+        fw->call = net::HttpCall::start(loop, std::move(co), std::move(h));
+
+        std::weak_ptr<Forward> weak = fw;
+        ex->on_writable([weak] {
+            auto f = weak.lock();
+            if (!f || f->done || !f->download_paused || !f->call) return;
+            f->download_paused = false;
+            f->call->resume_download();
+        });
+        ex->on_closed([weak] {
+            if (auto f = weak.lock()) f->stop();
+        });
+        if (has_body) {
+            http::BodyHandlers bh;
+            bh.on_data = [fw](std::string_view data) { fw->on_client_data(data); };
+            bh.on_end = [fw] { fw->on_client_end(); };
+            bh.on_error = [fw](const Error&) { fw->stop(); };
+            ex->read_body(std::move(bh));
+        }
+    }
+
+    static void respond_error(Exchange& ex, int status, const std::string& message) {
+        http::HeaderList h{{"Docker-Distribution-API-Version", "registry/2.0"},
+                           {"Content-Type", "application/json"}};
+        std::string_view code = status == 405 ? "UNSUPPORTED" : "UNAVAILABLE";
+        ex.respond(status, std::move(h), http::registry_error_body(code, message));
+    }
+};
+
+Passthrough::Passthrough(net::CurlLoop& loop, PassthroughOptions options)
+    : impl_(std::make_shared<Impl>(loop, std::move(options))) {}
+
+Passthrough::~Passthrough() = default;
+
+void Passthrough::handle(std::shared_ptr<http::Exchange> exchange) {
+    impl_->handle(exchange);
+}
+
+}  // namespace drayage::registry

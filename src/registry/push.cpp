@@ -1,0 +1,776 @@
+// Blob upload sessions into the S3 bucket. The contract is in include/drayage/registry/push.hpp.
+#include "drayage/registry/push.hpp"
+
+#include <event2/event.h>
+#include <fmt/format.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <spdlog/spdlog.h>
+
+#include <array>
+#include <ctime>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "drayage/http/errors.hpp"
+#include "drayage/registry/bucket_origin.hpp"
+#include "drayage/registry/reference.hpp"
+#include "drayage/s3/layout.hpp"
+#include "drayage/s3/multipart.hpp"
+#include "drayage/util/metrics.hpp"
+
+namespace drayage::registry {
+namespace {
+
+using http::Exchange;
+using http::HeaderList;
+using Clock = std::chrono::steady_clock;
+
+// How often idle sessions are checked for expiry and paused writers for a failed uploader.
+constexpr std::chrono::seconds kSweepInterval{1};
+
+HeaderList api_headers() {
+    return {{"Docker-Distribution-API-Version", "registry/2.0"}};
+}
+
+void send_error(Exchange& ex, int status, std::string_view code, std::string_view message,
+                HeaderList extra = {}) {
+    HeaderList h = api_headers();
+    h.emplace_back("Content-Type", "application/json");
+    for (auto& kv : extra)
+        h.push_back(std::move(kv));
+    ex.respond(status, std::move(h), http::registry_error_body(code, message));
+}
+
+// An S3 failure as the pushing client sees it: 503 makes docker and skopeo retry the push.
+void send_storage_error(Exchange& ex, const Error& e) {
+    send_error(ex, 503, "UNAVAILABLE", "storage unavailable: " + e.to_string());
+}
+
+bool is_not_found(const Error& e) {
+    return e.status == 404 || e.code == "NoSuchKey" || e.code == "NotFound";
+}
+
+int hex_value(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+std::string percent_decode(std::string_view in) {
+    std::string out;
+    out.reserve(in.size());
+    for (std::size_t i = 0; i < in.size(); ++i) {
+        if (in[i] == '%' && i + 2 < in.size()) {
+            int hi = hex_value(in[i + 1]), lo = hex_value(in[i + 2]);
+            if (hi >= 0 && lo >= 0) {
+                out.push_back(static_cast<char>(hi * 16 + lo));
+                i += 2;
+                continue;
+            }
+        }
+        out.push_back(in[i] == '+' ? ' ' : in[i]);
+    }
+    return out;
+}
+
+// The first value of `name` in a query string, percent-decoded; nullopt when absent.
+std::optional<std::string> query_param(std::string_view query, std::string_view name) {
+    while (!query.empty()) {
+        auto amp = query.find('&');
+        std::string_view pair = query.substr(0, amp);
+        query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
+        auto eq = pair.find('=');
+        std::string_view key = pair.substr(0, eq);
+        if (key != name) continue;
+        return eq == std::string_view::npos ? std::string{} : percent_decode(pair.substr(eq + 1));
+    }
+    return std::nullopt;
+}
+
+std::string to_hex(const unsigned char* p, std::size_t n) {
+    static constexpr char kDigits[] = "0123456789abcdef";
+    std::string out(n * 2, '0');
+    for (std::size_t i = 0; i < n; ++i) {
+        out[2 * i] = kDigits[p[i] >> 4];
+        out[2 * i + 1] = kDigits[p[i] & 0xf];
+    }
+    return out;
+}
+
+std::string sanitize_node(std::string_view node) {
+    std::string out;
+    for (char c : node) {
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '.' || c == '_' || c == '-';
+        out.push_back(ok ? c : '_');
+    }
+    return out.empty() ? "node" : out;
+}
+
+struct MdCtxDeleter {
+    void operator()(EVP_MD_CTX* c) const { EVP_MD_CTX_free(c); }
+};
+using MdCtx = std::unique_ptr<EVP_MD_CTX, MdCtxDeleter>;
+
+struct EventDeleter {
+    void operator()(event* e) const { event_free(e); }
+};
+
+metrics::Counter& blobs_counter(std::string_view outcome) {
+    return metrics::global().counter("drayage_push_blobs_total",
+                                     "Blob pushes finished, by outcome.",
+                                     {{"outcome", std::string(outcome)}});
+}
+metrics::Counter& bytes_counter() {
+    return metrics::global().counter("drayage_push_bytes_total",
+                                     "Blob bytes received from pushing clients.");
+}
+metrics::Gauge& sessions_gauge() {
+    return metrics::global().gauge("drayage_push_sessions", "Open blob upload sessions.");
+}
+metrics::Counter& expired_counter() {
+    return metrics::global().counter("drayage_push_sessions_expired_total",
+                                     "Upload sessions cancelled because they were idle too long.");
+}
+metrics::Counter& fills_counter(std::string_view outcome) {
+    return metrics::global().counter("drayage_push_cache_fills_total",
+                                     "Pushed blobs read back from the bucket into the cache.",
+                                     {{"outcome", std::string(outcome)}});
+}
+
+// One upload: the bytes received so far are in `upload` (and hashed into `sha`).
+struct Session {
+    std::string uuid;
+    std::string repo;
+    std::string key;  // where `upload` writes: the temporary key, or the blob's data key (direct)
+    bool direct = false;
+    MdCtx sha;
+    std::shared_ptr<s3::MultipartUpload> upload;
+    std::uint64_t offset = 0;
+    Clock::time_point touched = Clock::now();
+    std::shared_ptr<Exchange> writer;  // the request whose body streams in now
+    bool paused = false;               // writer's body paused for the uploader
+    bool busy = false;                 // a body is streaming, or the blob is being placed
+    bool ended = false;                // cancelled, expired or finalized: no more bytes
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+std::string new_upload_uuid() {
+    std::array<unsigned char, 16> b{};
+    if (RAND_bytes(b.data(), static_cast<int>(b.size())) != 1) return {};
+    b[6] = static_cast<unsigned char>((b[6] & 0x0f) | 0x40);  // version 4
+    b[8] = static_cast<unsigned char>((b[8] & 0x3f) | 0x80);  // RFC 4122 variant
+    std::string h = to_hex(b.data(), b.size());
+    return h.substr(0, 8) + "-" + h.substr(8, 4) + "-" + h.substr(12, 4) + "-" + h.substr(16, 4) +
+           "-" + h.substr(20);
+}
+
+Result<UploadRange> parse_upload_range(std::string_view header) {
+    Error bad = make_error("RANGE_INVALID", "malformed Content-Range", 416);
+    if (header.substr(0, 6) == "bytes ") header.remove_prefix(6);
+    if (auto slash = header.find('/'); slash != std::string_view::npos)
+        header = header.substr(0, slash);
+    auto dash = header.find('-');
+    if (dash == std::string_view::npos) return bad;
+    auto num = [](std::string_view s, std::uint64_t& out) {
+        if (s.empty() || s.size() > 19) return false;
+        out = 0;
+        for (char c : s) {
+            if (c < '0' || c > '9') return false;
+            out = out * 10 + static_cast<std::uint64_t>(c - '0');
+        }
+        return true;
+    };
+    UploadRange r;
+    if (!num(header.substr(0, dash), r.first) || !num(header.substr(dash + 1), r.last) ||
+        r.last < r.first)
+        return bad;
+    return r;
+}
+
+std::string upload_range_header(std::uint64_t offset) {
+    return "0-" + std::to_string(offset == 0 ? 0 : offset - 1);
+}
+
+std::optional<std::int64_t> parse_s3_time(std::string_view text) {
+    std::string s(text);
+    std::tm tm{};
+    int year = 0, mon = 0, day = 0, hour = 0, min = 0, sec = 0;
+    char tail = 0;
+    // NOLINTNEXTLINE(cert-err34-c): the count check rejects malformed input
+    if (std::sscanf(s.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d%c", &year, &mon, &day, &hour, &min, &sec,
+                    &tail) != 7)
+        return std::nullopt;
+    if (tail != '.' && tail != 'Z') return std::nullopt;
+    if (mon < 1 || mon > 12 || day < 1 || day > 31 || hour > 23 || min > 59 || sec > 60)
+        return std::nullopt;
+    tm.tm_year = year - 1900;
+    tm.tm_mon = mon - 1;
+    tm.tm_mday = day;
+    tm.tm_hour = hour;
+    tm.tm_min = min;
+    tm.tm_sec = sec;
+    return static_cast<std::int64_t>(timegm(&tm));
+}
+
+// ---------------------------------------------------------------------------------------------
+struct BlobUploads::Impl : std::enable_shared_from_this<BlobUploads::Impl> {
+    event_base* base;
+    s3::Client& client;
+    cache::Cache* cache;
+    UploadOptions options;
+    s3::BucketLayout layout;
+    std::string uploads_prefix;  // <root>_drayage/uploads/
+    std::string node_prefix;     // <root>_drayage/uploads/<node>/
+    std::shared_ptr<BlobOrigin> bucket;
+    std::map<std::string, std::shared_ptr<Session>> sessions;
+    std::unique_ptr<event, EventDeleter> sweep_timer;
+
+    // Read-backs of pushed blobs into the cache, by digest.
+    struct Fill {
+        std::shared_ptr<OriginTransfer> transfer;
+        std::shared_ptr<cache::CacheFill> fill;
+    };
+    std::map<std::string, std::shared_ptr<Fill>> fills;
+
+    Impl(event_base* b, s3::Client& c, cache::Cache* ca, UploadOptions o)
+        : base(b),
+          client(c),
+          cache(ca),
+          options(std::move(o)),
+          layout(c.config().rootdirectory),
+          uploads_prefix(layout.root_prefix() + "_drayage/uploads/"),
+          node_prefix(uploads_prefix + sanitize_node(options.node) + "/"),
+          bucket(make_bucket_origin(c, c.config().rootdirectory)) {}
+
+    void start_timer() {
+        sweep_timer.reset(event_new(base, -1, EV_PERSIST, &Impl::sweep_cb, this));
+        timeval tv{static_cast<time_t>(kSweepInterval.count()), 0};
+        event_add(sweep_timer.get(), &tv);
+    }
+
+    static void sweep_cb(evutil_socket_t, short, void* arg) {
+        auto* self = static_cast<Impl*>(arg);
+        self->sweep();
+    }
+
+    // ----- routing ---------------------------------------------------------------------------
+    void handle(const std::shared_ptr<Exchange>& ex, const Route& r) {
+        const std::string& m = ex->request().method;
+        if (r.endpoint == Endpoint::upload_start) {
+            if (m == "POST") return post(ex, r);
+            return send_error(*ex, 405, "UNSUPPORTED", "method not allowed on an upload");
+        }
+        auto it = sessions.find(r.reference);
+        if (it == sessions.end() || it->second->repo != r.name) {
+            return send_error(*ex, 404, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry");
+        }
+        std::shared_ptr<Session> s = it->second;
+        if (m == "GET" || m == "HEAD") {
+            ex->send_head(204, session_headers(*s), 0);
+            return ex->finish();
+        }
+        if (m == "DELETE") {
+            if (s->busy) return busy(*ex);
+            cancel(s, "cancelled by the client");
+            HeaderList h = api_headers();
+            ex->send_head(204, std::move(h), 0);
+            return ex->finish();
+        }
+        if (m == "PATCH") return patch(ex, s);
+        if (m == "PUT") return put(ex, s);
+        send_error(*ex, 405, "UNSUPPORTED", "method not allowed on an upload");
+    }
+
+    static void busy(Exchange& ex) {
+        send_error(ex, 409, "BLOB_UPLOAD_INVALID",
+                   "another request is writing to this upload; send them one at a time");
+    }
+
+    static std::string upload_location(const Session& s) {
+        return "/v2/" + s.repo + "/blobs/uploads/" + s.uuid;
+    }
+
+    static HeaderList session_headers(const Session& s) {
+        HeaderList h = api_headers();
+        h.emplace_back("Location", upload_location(s));
+        h.emplace_back("Range", upload_range_header(s.offset));
+        h.emplace_back("Docker-Upload-UUID", s.uuid);
+        return h;
+    }
+
+    static void respond_created(Exchange& ex, const std::string& repo, const BlobDigest& d) {
+        HeaderList h = api_headers();
+        h.emplace_back("Location", "/v2/" + repo + "/blobs/" + d.str());
+        h.emplace_back("Docker-Content-Digest", d.str());
+        ex.respond(201, std::move(h), "");
+    }
+
+    // ----- sessions --------------------------------------------------------------------------
+    std::shared_ptr<Session> open_session(const std::string& repo, std::string key, bool direct,
+                                          std::uint64_t expected_size) {
+        auto s = std::make_shared<Session>();
+        s->uuid = new_upload_uuid();
+        if (s->uuid.empty()) return nullptr;
+        s->repo = repo;
+        s->direct = direct;
+        s->key = key.empty() ? node_prefix + s->uuid + "/data" : std::move(key);
+        s->sha.reset(EVP_MD_CTX_new());
+        if (!s->sha || EVP_DigestInit_ex(s->sha.get(), EVP_sha256(), nullptr) != 1) return nullptr;
+        s3::MultipartUpload::Options mo;
+        mo.key = s->key;
+        mo.expected_size = expected_size;
+        std::weak_ptr<Session> weak = s;
+        mo.on_writable = [weak] {
+            auto sp = weak.lock();
+            if (!sp || !sp->paused || !sp->writer) return;
+            sp->paused = false;
+            sp->writer->resume_body();
+        };
+        s->upload = s3::MultipartUpload::start(client, std::move(mo));
+        return s;
+    }
+
+    void add_session(const std::shared_ptr<Session>& s) {
+        sessions[s->uuid] = s;
+        sessions_gauge().set(static_cast<std::int64_t>(sessions.size()));
+    }
+
+    void drop_session(const std::shared_ptr<Session>& s) {
+        auto it = sessions.find(s->uuid);
+        if (it != sessions.end() && it->second == s) sessions.erase(it);
+        sessions_gauge().set(static_cast<std::int64_t>(sessions.size()));
+    }
+
+    // Ends a session without a blob: its multipart upload is aborted (nothing stays in S3).
+    void cancel(const std::shared_ptr<Session>& s, std::string_view why) {
+        if (s->ended) return;
+        s->ended = true;
+        drop_session(s);
+        s->writer.reset();
+        spdlog::info("upload {} of {} cancelled ({}), {} bytes received", s->uuid, s->repo, why,
+                     s->offset);
+        std::string key = s->key;
+        s->upload->abort([key](Status st) {
+            if (!st)
+                spdlog::warn("abort of the upload to {} failed: {}", key, st.error().to_string());
+        });
+    }
+
+    void sweep() {
+        auto now = Clock::now();
+        std::vector<std::shared_ptr<Session>> expired, failed;
+        for (auto& [id, s] : sessions) {
+            if (s->writer && s->upload->failed()) {
+                failed.push_back(s);
+            } else if (!s->busy && now - s->touched > options.session_ttl) {
+                expired.push_back(s);
+            }
+        }
+        for (auto& s : expired) {
+            expired_counter().inc();
+            blobs_counter("expired").inc();
+            cancel(s, "expired");
+        }
+        for (auto& s : failed) {
+            // The uploader gave up (its error is logged); a paused client would otherwise wait
+            // for the body timeout.
+            auto ex = s->writer;
+            blobs_counter("storage_error").inc();
+            cancel(s, "storage failed");
+            send_error(*ex, 503, "UNAVAILABLE", "storage unavailable: an upload part failed");
+        }
+    }
+
+    // Streams the request body into the session, then calls `on_end` (not called on failure: the
+    // session is cancelled and the client answered or gone).
+    void stream_body(const std::shared_ptr<Session>& s, const std::shared_ptr<Exchange>& ex,
+                     std::function<void()> on_end) {
+        s->busy = true;
+        s->writer = ex;
+        s->touched = Clock::now();
+        auto self = shared_from_this();
+        http::BodyHandlers h;
+        h.on_data = [self, s, ex](std::string_view data) {
+            if (s->ended) return;
+            if (s->upload->failed()) return self->storage_failed(s, ex);
+            EVP_DigestUpdate(s->sha.get(), data.data(), data.size());
+            s->offset += data.size();
+            s->touched = Clock::now();
+            bytes_counter().inc(data.size());
+            if (!s->upload->write(data)) {
+                if (s->upload->failed()) return self->storage_failed(s, ex);
+                s->paused = true;
+                ex->pause_body();
+            }
+        };
+        h.on_end = [self, s, ex, on_end = std::move(on_end)] {
+            if (s->ended) return;
+            if (s->upload->failed()) return self->storage_failed(s, ex);
+            s->writer.reset();
+            s->paused = false;
+            s->busy = false;
+            s->touched = Clock::now();
+            on_end();
+        };
+        h.on_error = [self, s](const Error& e) {
+            // The client went away or timed out mid-body: it cannot know how much arrived, and
+            // Docker/OCI clients restart from the POST, so the session is of no further use.
+            self->blobs_counter_for_error();
+            self->cancel(s, "body broken: " + e.to_string());
+        };
+        ex->read_body(std::move(h));
+    }
+
+    static void blobs_counter_for_error() { blobs_counter("client_error").inc(); }
+
+    void storage_failed(const std::shared_ptr<Session>& s, const std::shared_ptr<Exchange>& ex) {
+        blobs_counter("storage_error").inc();
+        cancel(s, "storage failed");
+        send_error(*ex, 503, "UNAVAILABLE", "storage unavailable: an upload part failed");
+    }
+
+    // ----- POST ------------------------------------------------------------------------------
+    void post(const std::shared_ptr<Exchange>& ex, const Route& r) {
+        const std::string& q = ex->request().query;
+        if (auto digest = query_param(q, "digest")) return post_monolithic(ex, r, *digest);
+        if (auto mount = query_param(q, "mount")) {
+            auto d = BlobDigest::parse(*mount);
+            // An unusable mount request falls back to a new session, as Distribution does.
+            if (d) return mount_blob(ex, r, *d);
+        }
+        start_session(ex, r);
+    }
+
+    void start_session(const std::shared_ptr<Exchange>& ex, const Route& r) {
+        if (sessions.size() >= options.max_sessions)
+            return send_error(*ex, 429, "TOOMANYREQUESTS",
+                              "too many open uploads; finish or cancel some first");
+        auto s = open_session(r.name, {}, false, 0);
+        if (!s) return send_error(*ex, 500, "UNKNOWN", "cannot create an upload id");
+        add_session(s);
+        ex->send_head(202, session_headers(*s), 0);
+        ex->finish();
+    }
+
+    void mount_blob(const std::shared_ptr<Exchange>& ex, const Route& r, const BlobDigest& d) {
+        auto self = shared_from_this();
+        client.head(layout.blob_data_key(d), [self, ex, r, d](Result<s3::ObjectInfo> info) {
+            if (ex->closed()) return;
+            if (!info) {
+                if (is_not_found(info.error())) return self->start_session(ex, r);
+                return send_storage_error(*ex, info.error());
+            }
+            self->write_link(r.name, d, [self, ex, r, d](Status st) {
+                if (!st) return send_storage_error(*ex, st.error());
+                blobs_counter("mounted").inc();
+                ex->set_outcome("mounted");
+                respond_created(*ex, r.name, d);
+            });
+        });
+    }
+
+    // POST ?digest=: the body is the whole blob and its digest is known from the start.
+    void post_monolithic(const std::shared_ptr<Exchange>& ex, const Route& r,
+                         const std::string& digest_text) {
+        auto d = BlobDigest::parse(digest_text);
+        if (!d) return send_error(*ex, 400, "DIGEST_INVALID", d.error().message);
+        if (d->algorithm() != DigestAlgorithm::sha256)
+            return send_error(*ex, 400, "DIGEST_INVALID", "only sha256 digests can be pushed");
+        auto self = shared_from_this();
+        BlobDigest digest = *d;
+        client.head(
+            layout.blob_data_key(digest), [self, ex, r, digest](Result<s3::ObjectInfo> info) {
+                if (ex->closed()) return;
+                if (info) return self->drain_then_link(ex, r.name, digest);
+                if (!is_not_found(info.error())) return send_storage_error(*ex, info.error());
+                auto s = self->open_session(r.name, self->layout.blob_data_key(digest), true,
+                                            ex->request().content_length.value_or(0));
+                if (!s) return send_error(*ex, 500, "UNKNOWN", "cannot start the upload");
+                // Not in the session table: nobody can address it by id.
+                self->stream_body(s, ex, [self, s, ex, digest] { self->finalize(s, ex, digest); });
+            });
+    }
+
+    // The blob is in the bucket already: the body is read (so the connection stays usable) but
+    // not stored again.
+    void drain_then_link(const std::shared_ptr<Exchange>& ex, const std::string& repo,
+                         const BlobDigest& d) {
+        auto self = shared_from_this();
+        http::BodyHandlers h;
+        h.on_data = [](std::string_view) {};
+        h.on_end = [self, ex, repo, d] {
+            self->write_link(repo, d, [self, ex, repo, d](Status st) {
+                if (!st) return send_storage_error(*ex, st.error());
+                blobs_counter("exists").inc();
+                ex->set_outcome("exists");
+                respond_created(*ex, repo, d);
+                self->fill_cache(repo, d);
+            });
+        };
+        h.on_error = [](const Error&) {};
+        ex->read_body(std::move(h));
+    }
+
+    // ----- PATCH / PUT -----------------------------------------------------------------------
+    void patch(const std::shared_ptr<Exchange>& ex, const std::shared_ptr<Session>& s) {
+        if (s->busy) return busy(*ex);
+        std::string_view cr = ex->request().header("Content-Range");
+        if (!cr.empty()) {
+            auto range = parse_upload_range(cr);
+            if (!range || range->first != s->offset) {
+                HeaderList extra = session_headers(*s);
+                extra.erase(extra.begin());  // the API header is added by send_error
+                return send_error(*ex, 416, "RANGE_INVALID",
+                                  fmt::format("the upload continues at byte {}", s->offset),
+                                  std::move(extra));
+            }
+        }
+        stream_body(s, ex, [s, ex] {
+            ex->send_head(202, session_headers(*s), 0);
+            ex->finish();
+        });
+    }
+
+    void put(const std::shared_ptr<Exchange>& ex, const std::shared_ptr<Session>& s) {
+        if (s->busy) return busy(*ex);
+        auto digest_text = query_param(ex->request().query, "digest");
+        if (!digest_text)
+            return send_error(*ex, 400, "DIGEST_INVALID", "the final PUT needs ?digest=");
+        auto d = BlobDigest::parse(*digest_text);
+        if (!d) return send_error(*ex, 400, "DIGEST_INVALID", d.error().message);
+        BlobDigest digest = *d;
+        auto self = shared_from_this();
+        stream_body(s, ex, [self, s, ex, digest] { self->finalize(s, ex, digest); });
+    }
+
+    // All bytes are in: verify, then place the blob and link it.
+    void finalize(const std::shared_ptr<Session>& s, const std::shared_ptr<Exchange>& ex,
+                  const BlobDigest& digest) {
+        s->busy = true;
+        s->ended = true;  // from here on the session cannot be written, expired or cancelled
+        drop_session(s);
+        std::array<unsigned char, EVP_MAX_MD_SIZE> md{};
+        unsigned int len = 0;
+        EVP_DigestFinal_ex(s->sha.get(), md.data(), &len);
+        std::string hex = to_hex(md.data(), len);
+        if (digest.algorithm() != DigestAlgorithm::sha256 || hex != digest.hex()) {
+            spdlog::info("upload {} of {}: digest {} given, sha256:{} received ({} bytes)", s->uuid,
+                         s->repo, digest.str(), hex, s->offset);
+            blobs_counter("digest_invalid").inc();
+            ex->set_outcome("digest_invalid");
+            s->upload->abort([](Status) {});
+            return send_error(*ex, 400, "DIGEST_INVALID",
+                              "the uploaded content does not match the digest");
+        }
+        auto self = shared_from_this();
+        if (s->direct) {
+            // Verified before completion: the data key only ever shows the right bytes.
+            s->upload->finish([self, s, ex, digest](Result<std::string> etag) {
+                if (!etag) return self->place_failed(ex, etag.error());
+                self->link_and_respond(s, ex, digest, "stored");
+            });
+            return;
+        }
+        std::string data_key = layout.blob_data_key(digest);
+        client.head(data_key, [self, s, ex, digest, data_key](Result<s3::ObjectInfo> info) {
+            if (info) {
+                // Already stored (pushed before, or by the registry): keep it, drop ours.
+                s->upload->abort([](Status) {});
+                return self->link_and_respond(s, ex, digest, "exists");
+            }
+            if (!is_not_found(info.error())) {
+                s->upload->abort([](Status) {});
+                return self->place_failed(ex, info.error());
+            }
+            s->upload->finish([self, s, ex, digest, data_key](Result<std::string> etag) {
+                if (!etag) return self->place_failed(ex, etag.error());
+                s3::MultipartCopy::start(
+                    self->client, s->key, data_key, s->offset,
+                    [self, s, ex, digest](Result<std::string> copied) {
+                        self->client.remove(s->key, [self, s, ex, digest, copied](Status st) {
+                            if (!st)
+                                spdlog::warn("temporary upload object {} not deleted: {}", s->key,
+                                             st.error().to_string());
+                            if (!copied) return self->place_failed(ex, copied.error());
+                            self->link_and_respond(s, ex, digest, "stored");
+                        });
+                    });
+            });
+        });
+    }
+
+    void place_failed(const std::shared_ptr<Exchange>& ex, const Error& e) {
+        spdlog::warn("placing a pushed blob failed: {}", e.to_string());
+        blobs_counter("storage_error").inc();
+        ex->set_outcome("storage_error");
+        send_storage_error(*ex, e);
+    }
+
+    void link_and_respond(const std::shared_ptr<Session>& s, const std::shared_ptr<Exchange>& ex,
+                          const BlobDigest& digest, std::string outcome) {
+        auto self = shared_from_this();
+        write_link(s->repo, digest, [self, s, ex, digest, outcome](Status st) {
+            if (!st) return self->place_failed(ex, st.error());
+            blobs_counter(outcome).inc();
+            ex->set_outcome(outcome);
+            spdlog::debug("pushed {} to {} ({} bytes, {})", digest.str(), s->repo, s->offset,
+                          outcome);
+            respond_created(*ex, s->repo, digest);
+            self->fill_cache(s->repo, digest);
+        });
+    }
+
+    void write_link(const std::string& repo, const BlobDigest& d,
+                    std::function<void(Status)> done) {
+        auto body = std::make_shared<const std::string>(s3::link_content(d));
+        s3::PutOptions po;
+        auto c = cache;
+        client.put(layout.layer_link_key(repo, d), std::move(body), po,
+                   [c, repo, d, done = std::move(done)](Result<std::string> etag) {
+                       if (!etag) return done(etag.error());
+                       if (c) c->link(repo, d.str());
+                       done(Status{});
+                   });
+    }
+
+    // ----- the cache -------------------------------------------------------------------------
+    void fill_cache(const std::string& repo, const BlobDigest& d) {
+        if (!cache || fills.count(d.str())) return;
+        auto lookup = cache->lookup(d.str());
+        if (!lookup || lookup->presence != cache::Presence::absent) return;
+        auto self = shared_from_this();
+        auto f = std::make_shared<Fill>();
+        std::string digest = d.str();
+        fills[digest] = f;
+        std::weak_ptr<Fill> weak = f;
+        OriginSink sink;
+        sink.on_head = [self, weak, digest](const OriginHead& head) {
+            auto fp = weak.lock();
+            if (!fp) return false;
+            auto fh = self->cache->start_or_join_fill(digest, head.size);
+            if (!fh || !fh->started) {
+                // Not cacheable (too large for the cache), or a pull is filling it already.
+                fills_counter(fh ? "joined" : "skipped").inc();
+                self->fills.erase(digest);
+                return false;
+            }
+            fp->fill = fh->fill;
+            std::weak_ptr<Fill> w2 = fp;
+            fp->fill->set_resume_callback([w2] {
+                if (auto x = w2.lock(); x && x->transfer) x->transfer->resume();
+            });
+            fp->fill->set_cancel_callback([self, w2, digest] {
+                if (auto x = w2.lock(); x && x->transfer) x->transfer->cancel();
+                self->fills.erase(digest);
+            });
+            return true;
+        };
+        sink.on_data = [weak](std::string_view bytes) {
+            auto fp = weak.lock();
+            if (!fp || !fp->fill) return true;
+            return fp->fill->append(bytes);
+        };
+        sink.on_done = [self, weak, digest](Status st) {
+            auto fp = weak.lock();
+            self->fills.erase(digest);
+            if (!fp || !fp->fill) return;
+            if (!st) {
+                fp->fill->fail(st.error());
+                fills_counter("failed").inc();
+                return;
+            }
+            fp->fill->finish();
+            self->cache->when_idle([self, digest] {
+                auto l = self->cache->lookup(digest);
+                bool ok = l && l->presence == cache::Presence::complete;
+                fills_counter(ok ? "complete" : "failed").inc();
+            });
+        };
+        f->transfer = bucket->get(repo, digest, std::move(sink));
+    }
+
+    // ----- start-up cleanup ------------------------------------------------------------------
+    // Whether a leftover under the uploads prefix may be removed: ours, or old enough that no
+    // live node can still be writing it.
+    bool removable(const std::string& key, std::string_view when) const {
+        if (key.rfind(node_prefix, 0) == 0) return true;
+        auto t = parse_s3_time(when);
+        if (!t) return false;
+        auto age = std::chrono::seconds(std::time(nullptr) - *t);
+        return age > 2 * options.session_ttl;
+    }
+
+    void recover(std::function<void(Status)> done) {
+        auto self = shared_from_this();
+        client.list_multipart_uploads(uploads_prefix, [self, done](
+                                                          Result<std::vector<s3::UploadInfo>> ups) {
+            if (!ups) return done(ups.error());
+            for (const auto& u : *ups) {
+                if (!self->removable(u.key, u.initiated)) continue;
+                spdlog::info("aborting leftover upload {} of {}", u.upload_id, u.key);
+                metrics::global()
+                    .counter("drayage_push_leftovers_removed_total",
+                             "Leftover multipart uploads and temporary objects removed.")
+                    .inc();
+                self->client.abort_multipart(u.key, u.upload_id, [key = u.key](Status st) {
+                    if (!st)
+                        spdlog::warn("abort of leftover upload {} failed: {}", key,
+                                     st.error().to_string());
+                });
+            }
+            self->client.list_objects(
+                self->uploads_prefix, [self, done](Result<std::vector<s3::ObjectEntry>> objs) {
+                    if (!objs) return done(objs.error());
+                    for (const auto& o : *objs) {
+                        if (!self->removable(o.key, o.last_modified)) continue;
+                        spdlog::info("deleting leftover temporary object {}", o.key);
+                        metrics::global()
+                            .counter("drayage_push_leftovers_removed_total",
+                                     "Leftover multipart uploads and temporary objects removed.")
+                            .inc();
+                        self->client.remove(o.key, [key = o.key](Status st) {
+                            if (!st)
+                                spdlog::warn("delete of {} failed: {}", key,
+                                             st.error().to_string());
+                        });
+                    }
+                    done(Status{});
+                });
+        });
+    }
+};
+
+BlobUploads::BlobUploads(event_base* base, s3::Client& client, cache::Cache* cache,
+                         UploadOptions options)
+    : impl_(std::make_shared<Impl>(base, client, cache, std::move(options))) {
+    impl_->start_timer();
+}
+
+BlobUploads::~BlobUploads() {
+    impl_->sweep_timer.reset();
+}
+
+void BlobUploads::handle(std::shared_ptr<http::Exchange> exchange, const Route& route) {
+    impl_->handle(exchange, route);
+}
+
+void BlobUploads::recover(std::function<void(Status)> done) {
+    impl_->recover(std::move(done));
+}
+
+const std::string& BlobUploads::node_prefix() const {
+    return impl_->node_prefix;
+}
+
+std::size_t BlobUploads::sessions() const {
+    return impl_->sessions.size();
+}
+
+}  // namespace drayage::registry
