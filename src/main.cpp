@@ -189,8 +189,7 @@ int serve(const drayage::config::Config& cfg) {
     std::unique_ptr<registry::BlobUploads> uploads;
     if (s3_client) {
         registry::UploadOptions upload_options;
-        if (const char* t = getenv("XX_PUSH_TTL_MS"))
-            upload_options.session_ttl = std::chrono::milliseconds(atoi(t));
+        upload_options.session_ttl = cfg.uploads.session_ttl;
         char host[256] = {};
         gethostname(host, sizeof host - 1);
         auto listen = config::parse_listen_address(cfg.http.addr);
@@ -294,6 +293,7 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "drayage: %s\n", st.error().message.c_str());
         return 1;
     }
-    for (const auto& note : cfg.notes) spdlog::warn("config: {}", note);
+    for (const auto& note : cfg.notes)
+        spdlog::warn("config: {}", note);
     return serve(cfg);
 }
