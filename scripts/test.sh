@@ -34,7 +34,7 @@ if [ -z "${DRAYAGE_TEST_QUICK:-}" ]; then
   step "cache tests under thread sanitizer"
   [ -f build-tsan/build.ninja ] || meson setup build-tsan -Db_sanitize=thread \
       -Dbuildtype=debug >/dev/null
-  ninja -C build-tsan tests/unit/cache/test_cache
+  ninja -C build-tsan tests/unit/cache/test_cache tests/unit/cache/cache_crash_child
   TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/unit/cache/test_cache
 
   step "fuzz the request parser (libFuzzer, 60 s)"
