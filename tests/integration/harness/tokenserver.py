@@ -148,7 +148,8 @@ class TokenServer:
     def token_requests(self, status: int | None = None) -> list:
         """Requests so far: dicts with user ("" anonymous), scopes, service, status, access."""
         with self._lock:
-            return [dict(r) for r in self._requests if status is None or r["status"] == status]
+            return [{k: v for k, v in r.items() if k != "_logged"} for r in self._requests
+                    if status is None or r["status"] == status]
 
     def start(self) -> "TokenServer":
         owner = self
@@ -158,6 +159,9 @@ class TokenServer:
                 pass
 
             def _answer(self, status: int, body: dict, extra: dict | None = None):
+                # Record before answering: a client may read the answer, exit, and the test look
+                # at token_requests() before this thread would get to a record made afterwards.
+                self._log_record()
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -167,6 +171,13 @@ class TokenServer:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _log_record(self):
+                record = getattr(self, "_record", None)
+                if record is not None and not record.get("_logged"):
+                    record["_logged"] = True
+                    with owner._lock:
+                        owner._requests.append(record)
+
             def do_GET(self):
                 url = urllib.parse.urlsplit(self.path)
                 query = urllib.parse.parse_qs(url.query)
@@ -175,6 +186,7 @@ class TokenServer:
                     scopes += s.split(" ")
                 record = {"user": "", "scopes": scopes, "service": query.get("service", [""])[0],
                           "status": 0, "access": []}
+                self._record = record
                 try:
                     if url.path != "/token":
                         record["status"] = 404
@@ -204,8 +216,7 @@ class TokenServer:
                     record["status"] = 200
                     return self._answer(200, body)
                 finally:
-                    with owner._lock:
-                        owner._requests.append(record)
+                    self._log_record()
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
