@@ -25,7 +25,9 @@
 #include "drayage/cache/cli.hpp"
 #include "drayage/config/config.hpp"
 #include "drayage/http/server.hpp"
+#include "drayage/http/tls.hpp"
 #include "drayage/net/curl_loop.hpp"
+#include "drayage/registry/auth.hpp"
 #include "drayage/registry/bucket_origin.hpp"
 #include "drayage/registry/front.hpp"
 #include "drayage/registry/passthrough.hpp"
@@ -215,11 +217,42 @@ int serve(const drayage::config::Config& cfg) {
             p->handle(ex);
         };
     }
+    // Client authentication and per-repository rules; without `auth` an open mirror.
+    std::unique_ptr<registry::Authenticator> authenticator;
+    std::unique_ptr<registry::UpstreamAccessCheck> upstream_access;
+    if (cfg.auth) {
+        auto a =
+            registry::Authenticator::create(*cfg.auth, registry::is_docker_hub(cfg.upstream.url),
+                                            !cfg.http.tls.certificate.empty());
+        if (!a) {
+            spdlog::critical("auth: {}", a.error().message);
+            return 1;
+        }
+        authenticator = std::move(*a);
+        deps.auth = authenticator.get();
+        if (!cfg.auth->passthrough.empty() && !cfg.upstream.url.empty()) {
+            upstream_access = std::make_unique<registry::UpstreamAccessCheck>(
+                curl, cfg.upstream, cfg.auth->passthrough_ttl);
+            deps.upstream_access = upstream_access.get();
+            authenticator->set_upstream_access(upstream_access.get());
+        }
+        spdlog::info("auth: on ({} rule(s)); tokens at /auth/token", cfg.auth->rules.size());
+    }
     registry::RegistryFront front(std::move(deps));
 
     http::ServerOptions server_options;
     server_options.addr = cfg.http.addr;
     server_options.limits = cfg.http.limits;
+    std::unique_ptr<http::TlsContext> tls;
+    if (!cfg.http.tls.certificate.empty()) {
+        auto t = http::TlsContext::load(cfg.http.tls.certificate, cfg.http.tls.key);
+        if (!t) {
+            spdlog::critical("{}", t.error().message);
+            return 1;
+        }
+        tls = std::move(*t);
+        server_options.tls = tls.get();
+    }
     http::Server server(base.get(), server_options,
                         [&front](std::shared_ptr<http::Exchange> ex) { front.handle(ex); });
     if (auto st = server.listen(); !st) {
@@ -235,8 +268,12 @@ int serve(const drayage::config::Config& cfg) {
         event_base* base;
         http::Server* server;
         std::chrono::milliseconds grace;
+        registry::Authenticator* auth;
+        http::TlsContext* tls;
+        std::string config_file;
         bool stopping = false;
-    } ctx{base.get(), &server, cfg.http.limits.shutdown_grace};
+    } ctx{base.get(),          &server,   cfg.http.limits.shutdown_grace,
+          authenticator.get(), tls.get(), cfg.source_file};
 
     auto on_stop = [](evutil_socket_t sig, short, void* arg) {
         auto* c = static_cast<SignalContext*>(arg);
@@ -249,13 +286,41 @@ int serve(const drayage::config::Config& cfg) {
         spdlog::info("signal {}: shutting down (grace {} ms)", sig, c->grace.count());
         c->server->shutdown(c->grace, [c] { event_base_loopexit(c->base, nullptr); });
     };
-    auto on_hup = [](evutil_socket_t, short, void*) {
+    auto on_hup = [](evutil_socket_t, short, void* arg) {
+        auto* c = static_cast<SignalContext*>(arg);
         // Failure is logged by reopen(); the old file stays in use.
         (void)drayage::log::reopen();
+        if (c->auth) {
+            // Rules and the htpasswd file come from the config file as it is now.
+            auto fresh = drayage::config::load_file(c->config_file, drayage::config::environment());
+            if (!fresh) {
+                spdlog::error("SIGHUP: auth rules not reloaded, the old ones stay: {}",
+                              fresh.error().message);
+            } else if (!fresh->auth) {
+                spdlog::error(
+                    "SIGHUP: the auth section is gone; turning auth off needs a "
+                    "restart, the old rules stay");
+            } else if (auto st = c->auth->reload(*fresh->auth); !st) {
+                spdlog::error("SIGHUP: auth rules not reloaded, the old ones stay: {}",
+                              st.error().message);
+            } else {
+                spdlog::info("SIGHUP: auth rules and htpasswd reloaded ({} rule(s))",
+                             fresh->auth->rules.size());
+            }
+        }
+        if (c->tls) {
+            // New connections get the new certificate; running ones keep theirs.
+            if (auto st = c->tls->reload(); !st)
+                spdlog::error("SIGHUP: TLS certificate not reloaded, the old one stays: {}",
+                              st.error().message);
+            else
+                spdlog::info("SIGHUP: TLS certificate reloaded (generation {})",
+                             c->tls->generation());
+        }
     };
     std::unique_ptr<event, EventDeleter> sigterm(evsignal_new(base.get(), SIGTERM, on_stop, &ctx));
     std::unique_ptr<event, EventDeleter> sigint(evsignal_new(base.get(), SIGINT, on_stop, &ctx));
-    std::unique_ptr<event, EventDeleter> sighup(evsignal_new(base.get(), SIGHUP, on_hup, nullptr));
+    std::unique_ptr<event, EventDeleter> sighup(evsignal_new(base.get(), SIGHUP, on_hup, &ctx));
     evsignal_add(sigterm.get(), nullptr);
     evsignal_add(sigint.get(), nullptr);
     evsignal_add(sighup.get(), nullptr);

@@ -202,6 +202,19 @@ const std::vector<Key>& keys() {
         {"storage.s3.retry.max_delay",
          MillisKey{DRAYAGE_FIELD(storage.s3->retry.max_delay), Millis{1}, kHour}},
 
+        {"auth.htpasswd.path", StringKey{DRAYAGE_FIELD(auth->htpasswd_path)}},
+        {"auth.token.realm", StringKey{DRAYAGE_FIELD(auth->token_realm), false, check_url}},
+        {"auth.token.service",
+         StringKey{DRAYAGE_FIELD(auth->token_service), false, check_not_empty}},
+        {"auth.token.issuer", StringKey{DRAYAGE_FIELD(auth->token_issuer), false, check_not_empty}},
+        {"auth.token.expiration",
+         SecondsKey{DRAYAGE_FIELD(auth->token_expiration), Millis{1'000}, kDay}},
+        {"auth.token.key", StringKey{DRAYAGE_FIELD(auth->token_key)}},
+        // Decisions of the upstream are cached this long at most: a revoked credential must
+        // stop working within a minute.
+        {"auth.passthrough_ttl",
+         SecondsKey{DRAYAGE_FIELD(auth->passthrough_ttl), Millis{0}, Millis{60'000}}},
+
         {"storage.s3.pathstyle",
          IgnoredKey{ValueType::kBool,
                     "drayage uses path-style requests whenever regionendpoint is set"}},
@@ -226,7 +239,7 @@ const std::vector<Key>& keys() {
 
 #undef DRAYAGE_FIELD
 
-constexpr std::array<std::string_view, 11> kSections{"log",
+constexpr std::array<std::string_view, 14> kSections{"log",
                                                      "http",
                                                      "http.limits",
                                                      "http.tls",
@@ -236,7 +249,15 @@ constexpr std::array<std::string_view, 11> kSections{"log",
                                                      "storage",
                                                      "storage.s3",
                                                      "storage.s3.multipart",
-                                                     "storage.s3.retry"};
+                                                     "storage.s3.retry",
+                                                     "auth",
+                                                     "auth.htpasswd",
+                                                     "auth.token"};
+
+// auth keys whose values are lists or mappings (outside the scalar key table: they are read
+// from the file only, not from the environment).
+constexpr std::array<std::string_view, 3> kAuthLists{"auth.groups", "auth.rules",
+                                                     "auth.passthrough"};
 
 bool is_section(std::string_view path) {
     return std::find(kSections.begin(), kSections.end(), path) != kSections.end();
@@ -253,6 +274,10 @@ const Key* find_key(std::string_view path) {
 
 bool is_s3_path(std::string_view path) {
     return path.starts_with("storage.s3.");
+}
+
+bool is_auth_path(std::string_view path) {
+    return path.starts_with("auth.");
 }
 
 std::string env_name(std::string_view path) {
@@ -604,6 +629,86 @@ private:
         }
     }
 
+    void ensure_auth(const Origin& o) {
+        if (!config_.auth) {
+            config_.auth.emplace();
+            origins_.emplace("auth", o);
+        }
+    }
+
+    // A list of non-empty strings ("[a, b]" or a block list); a single string is taken as a
+    // list of one.
+    Result<std::vector<std::string>> string_list(const YAML::Node& v, const std::string& path) {
+        std::vector<std::string> out;
+        if (v.IsNull()) return out;
+        if (v.IsScalar()) {
+            out.push_back(v.Scalar());
+            return out;
+        }
+        if (!v.IsSequence()) return fail(origin_of(v), path, "expected a list of names");
+        for (const auto& item : v) {
+            if (!item.IsScalar() || item.Scalar().empty())
+                return fail(origin_of(item), path, "expected a list of non-empty names");
+            out.push_back(item.Scalar());
+        }
+        return out;
+    }
+
+    Status auth_list(const std::string& path, const YAML::Node& v, const Origin& at) {
+        ensure_auth(at);
+        AuthConfig& a = *config_.auth;
+        origins_[path] = at;
+        if (path == "auth.passthrough") {
+            auto l = string_list(v, path);
+            if (!l) return l.error();
+            a.passthrough = std::move(*l);
+            return {};
+        }
+        if (path == "auth.groups") {
+            if (v.IsNull()) return {};
+            if (!v.IsMap()) return fail(at, path, "expected a mapping of group name -> users");
+            for (const auto& entry : v) {
+                const YAML::Node k = entry.first;
+                if (!k.IsScalar()) return fail(at, path, "group names must be plain names");
+                auto l = string_list(entry.second, path + "." + k.Scalar());
+                if (!l) return l.error();
+                a.groups[k.Scalar()] = std::move(*l);
+            }
+            return {};
+        }
+        // auth.rules
+        if (v.IsNull()) return {};
+        if (!v.IsSequence())
+            return fail(at, path, "expected a list of rules ({repositories, pull, push})");
+        std::size_t i = 0;
+        for (const auto& item : v) {
+            const std::string here = path + "[" + std::to_string(i++) + "]";
+            if (!item.IsMap())
+                return fail(origin_of(item), here,
+                            "expected a mapping with repositories, pull and/or push");
+            AuthRule rule;
+            for (const auto& entry : item) {
+                const YAML::Node k = entry.first;
+                const std::string name = k.IsScalar() ? k.Scalar() : std::string();
+                std::vector<std::string>* field = name == "repositories" ? &rule.repositories
+                                                  : name == "pull"       ? &rule.pull
+                                                  : name == "push"       ? &rule.push
+                                                                         : nullptr;
+                if (field == nullptr)
+                    return fail(origin_of(k), here + "." + name,
+                                "unknown key; expected repositories, pull or push");
+                auto l = string_list(entry.second, here + "." + name);
+                if (!l) return l.error();
+                *field = std::move(*l);
+            }
+            if (rule.repositories.empty())
+                return fail(origin_of(item), here + ".repositories",
+                            "required: the repository patterns the rule covers");
+            a.rules.push_back(std::move(rule));
+        }
+        return {};
+    }
+
     Status walk(const YAML::Node& map, const std::string& prefix) {
         std::set<std::string> seen;
         // By value: yaml-cpp's iterators hand out temporaries (it->first would dangle).
@@ -626,11 +731,20 @@ private:
                 if (path == "storage.s3") {
                     ensure_s3(at);
                 }
+                if (path == "auth") {
+                    ensure_auth(at);
+                }
                 origins_.emplace(path, at);
                 if (v.IsMap()) {
                     if (Status s = walk(v, path); !s) {
                         return s;
                     }
+                }
+                continue;
+            }
+            if (std::find(kAuthLists.begin(), kAuthLists.end(), path) != kAuthLists.end()) {
+                if (Status s = auth_list(path, v, at); !s) {
+                    return s;
                 }
                 continue;
             }
@@ -665,6 +779,9 @@ private:
     Status apply(const Key& key, const std::string* text, const Origin& at) {
         if (is_s3_path(key.path)) {
             ensure_s3(at);
+        }
+        if (is_auth_path(key.path)) {
+            ensure_auth(at);
         }
         origins_[std::string(key.path)] = at;
         const std::string_view path = key.path;
@@ -881,6 +998,20 @@ private:
                         std::string("set without ") + missing +
                             "; expected both (PEM files) for TLS, or neither for plain HTTP");
         }
+        if (config_.auth) {
+            const AuthConfig& a = *config_.auth;
+            for (const AuthRule& rule : a.rules) {
+                for (const auto* list : {&rule.pull, &rule.push}) {
+                    for (const std::string& who : *list) {
+                        if (who.starts_with("group:") && !a.groups.contains(who.substr(6))) {
+                            return fail(
+                                origin_or_section("auth.rules"), "auth.rules",
+                                "names " + quoted(who) + ", which auth.groups does not define");
+                        }
+                    }
+                }
+            }
+        }
         if (config_.storage.s3) {
             const S3Config& s3 = *config_.storage.s3;
             if (s3.bucket.empty()) {
@@ -1016,7 +1147,7 @@ std::string render_redacted(const Config& config) {
     };
     for (const Key& key : keys()) {
         if (std::holds_alternative<IgnoredKey>(key.kind) ||
-            (is_s3_path(key.path) && !c.storage.s3)) {
+            (is_s3_path(key.path) && !c.storage.s3) || (is_auth_path(key.path) && !c.auth)) {
             continue;
         }
         const std::vector<std::string_view> parts = split_path(key.path);
@@ -1032,6 +1163,35 @@ std::string render_redacted(const Config& config) {
         }
         out << YAML::Key << std::string(parts.back()) << YAML::Value;
         emit_value(out, key, c);
+    }
+    if (c.auth) {
+        // Lists after the scalar keys: the auth section is the last one open here.
+        close_to(1);
+        auto list = [&](const std::vector<std::string>& l) {
+            out << YAML::Flow << YAML::BeginSeq;
+            for (const auto& s : l)
+                out << s;
+            out << YAML::EndSeq;
+        };
+        out << YAML::Key << "groups" << YAML::Value << YAML::BeginMap;
+        for (const auto& [g, users] : c.auth->groups) {
+            out << YAML::Key << g << YAML::Value;
+            list(users);
+        }
+        out << YAML::EndMap;
+        out << YAML::Key << "rules" << YAML::Value << YAML::BeginSeq;
+        for (const AuthRule& r : c.auth->rules) {
+            out << YAML::BeginMap << YAML::Key << "repositories" << YAML::Value;
+            list(r.repositories);
+            out << YAML::Key << "pull" << YAML::Value;
+            list(r.pull);
+            out << YAML::Key << "push" << YAML::Value;
+            list(r.push);
+            out << YAML::EndMap;
+        }
+        out << YAML::EndSeq;
+        out << YAML::Key << "passthrough" << YAML::Value;
+        list(c.auth->passthrough);
     }
     close_to(0);
     if (!c.storage.s3) {

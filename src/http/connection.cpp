@@ -156,8 +156,12 @@ namespace detail {
 // ---------------------------------------------------------------------------------------------
 // Connection lifecycle
 
-Connection::Connection(Server::State& state, bufferevent* bev, std::string peer)
-    : state_(state), bev_(bev), peer_(std::move(peer)), parser_(state.options.limits, *this) {
+Connection::Connection(Server::State& state, bufferevent* bev, std::string peer, bool tls)
+    : state_(state),
+      bev_(bev),
+      peer_(std::move(peer)),
+      parser_(state.options.limits, *this),
+      tls_(tls) {
     timer_ = evtimer_new(state_.base, &Connection::timer_cb, this);
     kick_ = event_new(state_.base, -1, 0, &Connection::kick_cb, this);
     reap_ = event_new(state_.base, -1, 0, &Connection::reap_cb, this);
@@ -277,6 +281,7 @@ void Connection::read_ahead() {
     // body upload to ~150 MB/s here. After its read, take what else the socket holds, up to the
     // read watermark, in one large read. EOF and errors are left to libevent's next read.
     // Plain sockets only: a TLS bufferevent must do its own reads.
+    if (tls_) return;  // the socket holds ciphertext: only OpenSSL may read it
     evbuffer* in = bufferevent_get_input(bev_);
     std::size_t have = evbuffer_get_length(in);
     std::size_t cap = state_.options.read_buffer;
@@ -823,6 +828,12 @@ void Connection::event_cb(bufferevent*, short what, void* arg) {
         self->peer_eof_ = true;
         if (self->phase_ == Phase::kLinger || self->phase_ == Phase::kFlushClose) {
             if (self->phase_ == Phase::kLinger) self->close_now("peer closed after response");
+            return;
+        }
+        if (self->tls_ && self->phase_ == Phase::kExchange) {
+            // bufferevent_openssl stops writing as well once it sees EOF, so a TLS half-close
+            // cannot be answered: the response would hang until send_timeout.
+            self->close_now("peer closed the TLS connection");
             return;
         }
         if (self->phase_ == Phase::kExchange && self->request_complete_) {

@@ -44,9 +44,9 @@ namespace detail {
 
 class Connection final : public RequestParser::Callbacks {
 public:
-    // Takes ownership of `bev` (a connected socket bufferevent; a bufferevent_openssl would do,
-    // nothing here touches the fd except the half-close when lingering).
-    Connection(Server::State& state, bufferevent* bev, std::string peer);
+    // Takes ownership of `bev` (a connected socket bufferevent, or a bufferevent_openssl with
+    // `tls`: then nothing reads the fd directly, see read_ahead()).
+    Connection(Server::State& state, bufferevent* bev, std::string peer, bool tls = false);
     ~Connection() override;
     Connection(const Connection&) = delete;
     Connection& operator=(const Connection&) = delete;
@@ -119,6 +119,7 @@ private:
     bool request_complete_ = false;  // the current request's body has been parsed to its end
     bool close_after_ = false;       // close once the current response has been sent
     bool peer_eof_ = false;
+    bool tls_ = false;
     bool first_request_ = true;
     bool processing_ = false;
     bool reprocess_ = false;

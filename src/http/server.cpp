@@ -2,12 +2,14 @@
 
 #include <arpa/inet.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <event2/util.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/ssl.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 
@@ -15,6 +17,7 @@
 #include <cstring>
 
 #include "connection.hpp"
+#include "drayage/http/tls.hpp"
 
 namespace drayage::http {
 namespace {
@@ -132,13 +135,27 @@ void Server::accept_cb(evconnlistener*, evutil_socket_t fd, sockaddr* addr, int,
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    // The one place that creates the transport; TLS will put a bufferevent_openssl here.
-    bufferevent* bev = bufferevent_socket_new(st.base, fd, BEV_OPT_CLOSE_ON_FREE);
+    // The one place that creates the transport.
+    bufferevent* bev = nullptr;
+    bool tls = st.options.tls != nullptr;
+    if (tls) {
+        SSL* ssl = st.options.tls->new_session();
+        if (ssl != nullptr) {
+            // Owns `ssl` from here (BEV_OPT_CLOSE_ON_FREE frees it with the bufferevent).
+            bev = bufferevent_openssl_socket_new(st.base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                                 BEV_OPT_CLOSE_ON_FREE);
+            if (bev == nullptr) SSL_free(ssl);
+        }
+        // A client that closes without close_notify is at EOF, not in error.
+        if (bev != nullptr) bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+    } else {
+        bev = bufferevent_socket_new(st.base, fd, BEV_OPT_CLOSE_ON_FREE);
+    }
     if (bev == nullptr) {
         evutil_closesocket(fd);
         return;
     }
-    auto conn = std::make_unique<detail::Connection>(st, bev, peer_string(addr));
+    auto conn = std::make_unique<detail::Connection>(st, bev, peer_string(addr), tls);
     detail::Connection* raw = conn.get();
     st.connections.emplace(raw, std::move(conn));
     raw->start();

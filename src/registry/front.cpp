@@ -259,6 +259,7 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
     // ----- routing ---------------------------------------------------------------------------
     void handle(const std::shared_ptr<Exchange>& ex) {
         const http::Request& req = ex->request();
+        if (deps.auth && req.path == "/auth/token") return deps.auth->handle_token(ex);
         auto route = parse_route(req.path);
         if (!route) {
             const Error& e = route.error();
@@ -269,7 +270,13 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
             return send_error(*ex, e.status, e.code == "NOT_FOUND" ? "UNSUPPORTED" : e.code,
                               e.message);
         }
-        const Route& r = *route;
+        if (deps.auth) return admit(ex, *route);
+        dispatch(ex, *route, Identity{});
+    }
+
+    // Serves an admitted request.
+    void dispatch(const std::shared_ptr<Exchange>& ex, const Route& r, const Identity& who) {
+        const http::Request& req = ex->request();
         bool get_or_head = req.method == "GET" || req.method == "HEAD";
         switch (r.endpoint) {
             case Endpoint::healthz:
@@ -288,18 +295,253 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
                 return serve_manifest(ex, r);
             case Endpoint::tags:
                 if (req.method != "GET") break;
-                return pass_listing(ex, r);
+                return pass_listing(ex, r, who);
             case Endpoint::catalog:
                 if (req.method != "GET") break;
-                return pass_listing(ex, r);
+                return pass_listing(ex, r, who);
             case Endpoint::upload_start:
             case Endpoint::upload:
+                if (deps.uploads && deps.auth && r.endpoint == Endpoint::upload_start)
+                    return check_mount(ex, r, who);
                 if (deps.uploads) return deps.uploads(ex, r);
                 return send_error(*ex, 405, "UNSUPPORTED",
                                   "pushes are not accepted by this drayage");
         }
         if (deps.passthrough) return deps.passthrough(ex);
         send_error(*ex, 405, "UNSUPPORTED", "method not allowed here");
+    }
+
+    // ----- access control (deps.auth set) -----------------------------------------------------
+    // What a route needs of the client: pull for reads, pull and push for uploads (as
+    // Distribution asks), push for everything else that writes.
+    static std::vector<Action> needed(const Route& r, std::string_view method) {
+        bool read = method == "GET" || method == "HEAD";
+        switch (r.endpoint) {
+            case Endpoint::blob:
+            case Endpoint::manifest:
+            case Endpoint::tags:
+                if (read) return {Action::pull};
+                return {Action::push};
+            case Endpoint::upload_start:
+            case Endpoint::upload: return {Action::pull, Action::push};
+            default: return {Action::push};
+        }
+    }
+
+    static std::string scope_for(const std::string& repo, const std::vector<Action>& actions) {
+        std::string s = "repository:" + repo + ":";
+        for (std::size_t i = 0; i < actions.size(); ++i)
+            s += std::string(i ? "," : "") + (actions[i] == Action::pull ? "pull" : "push");
+        return s;
+    }
+
+    // Checks the client against the rules before anything is routed, then dispatches. Normalises
+    // r.name (so caching, links and the upstream all see one spelling).
+    void admit(const std::shared_ptr<Exchange>& ex, Route r) {
+        if (r.endpoint == Endpoint::healthz || r.endpoint == Endpoint::metrics)
+            return dispatch(ex, r, Identity{});
+        Identity who;
+        if (admit_by_rules(ex, r, who)) return dispatch(ex, r, who);
+    }
+
+    // True when the rules admit the request; false when the exchange has been answered or a
+    // pass-through check will dispatch it later.
+    bool admit_by_rules(const std::shared_ptr<Exchange>& ex, Route& r, Identity& who) {
+        Authenticator& auth = *deps.auth;
+        who = auth.identify(ex->request());
+        if (!who.principal.user.empty()) ex->set_user(who.principal.user);
+        if (who.kind == Identity::Kind::bad_credentials && !r.name.empty()) {
+            // A pass-through user is not in drayage's htpasswd: the upstream may still know it.
+            auto name = normalize_repository(r.name, auth.policy().docker_hub());
+            if (name && auth.policy().is_passthrough(*name)) {
+                r.name = std::move(*name);
+                admit_passthrough(ex, r);
+                return false;
+            }
+        }
+        if (who.kind == Identity::Kind::bad_credentials) {
+            spdlog::info("auth: {} refused: {}", ex->request().peer, who.problem);
+            ex->set_outcome("denied:credentials");
+            auth.challenge(*ex, "", "authentication required");
+            return false;
+        }
+        if (r.endpoint == Endpoint::base) {
+            // docker pings /v2/ first and only authenticates when told to here.
+            if (who.kind != Identity::Kind::anonymous) return true;
+            ex->set_outcome("denied:anonymous");
+            auth.challenge(*ex, "", "authentication required");
+            return false;
+        }
+        if (r.endpoint == Endpoint::catalog) {
+            bool ok = who.kind == Identity::Kind::basic ||
+                      (who.kind == Identity::Kind::bearer &&
+                       std::any_of(who.token_access.begin(), who.token_access.end(),
+                                   [](const ResourceAccess& a) { return a.type == "registry"; }));
+            if (ok) return true;
+            ex->set_outcome("denied:catalog");
+            auth.challenge(*ex, "registry:catalog:*", "authentication required");
+            return false;
+        }
+        auto name = normalize_repository(r.name, auth.policy().docker_hub());
+        if (!name) {
+            send_error(*ex, 400, "NAME_INVALID", name.error().message);
+            return false;
+        }
+        r.name = std::move(*name);
+        std::vector<Action> actions = needed(r, ex->request().method);
+        for (Action a : actions) {
+            if (auth.may(who, r.name, a)) continue;
+            if (auth.policy().is_passthrough(r.name)) {
+                admit_passthrough(ex, r);
+                return false;
+            }
+            ex->set_outcome("denied:rules");
+            auth.challenge(*ex, scope_for(r.name, actions), "access to the repository denied");
+            return false;
+        }
+        return true;
+    }
+
+    // A cross-repository mount (?mount=<digest>&from=<repo>) copies a blob into r.name: only
+    // for a client that may pull `from` and a digest that belongs to `from`, or bytes of a
+    // repository it cannot read would become readable under its own.
+    void check_mount(const std::shared_ptr<Exchange>& ex, const Route& r, const Identity& who) {
+        // Read exactly as the push path reads it (first occurrence, percent-decoded), so both
+        // see the same digest.
+        auto param = [&](std::string_view key) -> std::optional<std::string> {
+            std::string_view q = ex->request().query;
+            while (!q.empty()) {
+                std::string_view pair = q.substr(0, q.find('&'));
+                q.remove_prefix(std::min(q.size(), pair.size() + 1));
+                auto eq = pair.find('=');
+                if (pair.substr(0, eq) != key) continue;
+                std::string out;
+                std::string_view v = eq == pair.npos ? std::string_view{} : pair.substr(eq + 1);
+                for (std::size_t i = 0; i < v.size(); ++i) {
+                    if (v[i] == '%' && i + 2 < v.size() &&
+                        std::isxdigit(static_cast<unsigned char>(v[i + 1])) &&
+                        std::isxdigit(static_cast<unsigned char>(v[i + 2]))) {
+                        out += static_cast<char>(
+                            std::stoi(std::string(v.substr(i + 1, 2)), nullptr, 16));
+                        i += 2;
+                    } else {
+                        out += v[i] == '+' ? ' ' : v[i];
+                    }
+                }
+                return out;
+            }
+            return std::nullopt;
+        };
+        auto mount = param("mount");
+        if (!mount) return deps.uploads(ex, r);
+        auto digest = BlobDigest::parse(*mount);
+        if (!digest) return deps.uploads(ex, r);  // push code falls back to a new session
+        auto from =
+            normalize_repository(param("from").value_or(""), deps.auth->policy().docker_hub());
+        if (!from || !deps.auth->may(who, *from, Action::pull)) {
+            ex->set_outcome("denied:mount");
+            return deps.auth->challenge(
+                *ex,
+                scope_for(r.name, {Action::pull, Action::push}) + " " +
+                    scope_for(from ? *from : std::string("unknown"), {Action::pull}),
+                "mount source not readable");
+        }
+        Route source{Endpoint::blob, *from, digest->str(), true};
+        auto self = shared_from_this();
+        prove_blob(ex, source, [self, ex, r] { self->deps.uploads(ex, r); });
+    }
+
+    // auth.passthrough: reads of these repositories are allowed when the upstream lets the
+    // client's own Basic credentials read them (UpstreamAccessCheck; fails closed). Writes are
+    // never passed through: they need a rule.
+    void admit_passthrough(const std::shared_ptr<Exchange>& ex, const Route& r) {
+        Authenticator& auth = *deps.auth;
+        std::vector<Action> actions = needed(r, ex->request().method);
+        auto creds = basic_credentials(ex->request());
+        bool reads = actions.size() == 1 && actions[0] == Action::pull;
+        if (!deps.upstream_access || !reads || !creds) {
+            // The token endpoint checks such credentials upstream too (Authenticator::grant).
+            ex->set_outcome("denied:passthrough");
+            return auth.challenge(*ex, scope_for(r.name, actions),
+                                  "credentials for the upstream registry required");
+        }
+        // A tag listing names no manifest: HEAD "latest" (a 404 after the access check still
+        // says the repository is readable).
+        std::string reference = r.endpoint == Endpoint::tags ? "latest" : r.reference;
+        bool blob = r.endpoint == Endpoint::blob;
+        auto self = shared_from_this();
+        std::string user = creds->first;
+        deps.upstream_access->check(creds->first, creds->second, r.name, reference, blob,
+                                    [self, ex, r, user](bool ok) {
+                                        if (ex->closed()) return;
+                                        if (!ok) {
+                                            ex->set_outcome("denied:passthrough");
+                                            return self->deps.auth->challenge_basic(
+                                                *ex, "the upstream registry refused access");
+                                        }
+                                        ex->set_user(user);
+                                        Identity who;
+                                        who.kind = Identity::Kind::basic;
+                                        who.principal = Principal{user, true};
+                                        self->dispatch(ex, r, who);
+                                    });
+    }
+
+    void authorize(const std::shared_ptr<Exchange>& ex, std::string_view repo, Action action,
+                   std::function<void(bool)> done) {
+        if (!deps.auth) return done(true);
+        Authenticator& auth = *deps.auth;
+        Identity who = auth.identify(ex->request());
+        auto name = normalize_repository(repo, auth.policy().docker_hub());
+        if (name && auth.may(who, *name, action)) return done(true);
+        ex->set_outcome("denied:rules");
+        auth.challenge(*ex, name ? scope_for(*name, {action}) : std::string(),
+                       "access to the repository denied");
+        done(false);
+    }
+
+    // The repository/digest proof: `go` runs only when drayage knows `digest` belongs to
+    // `repo` — a link recorded from a manifest of that repository or a push, the repository's
+    // layer link in the bucket, or a 200 for a HEAD of the blob in that repository upstream.
+    // Otherwise the client gets 404 BLOB_UNKNOWN (503 when the upstream could not answer), the
+    // same as for a blob that does not exist, and never joins a fill.
+    void prove_blob(const std::shared_ptr<Exchange>& ex, const Route& r, std::function<void()> go) {
+        auto linked = deps.cache->is_linked(r.name, r.reference);
+        if (linked && *linked) return go();
+        auto self = shared_from_this();
+        auto ask_upstream = [self, ex, r, go] {
+            if (!self->deps.upstream) return self->refuse_unlinked(*ex, std::nullopt);
+            self->deps.upstream->head_blob(r.name, r.reference,
+                                           [self, ex, r, go](Result<UpstreamBlobHead> h) {
+                                               if (ex->closed()) return;
+                                               if (!h) return self->refuse_unlinked(*ex, h.error());
+                                               self->deps.cache->link(r.name, r.reference);
+                                               go();
+                                           });
+        };
+        const auto& s3cfg = deps.config->storage.s3;
+        auto digest = BlobDigest::parse(r.reference);
+        if (!deps.bucket || !s3cfg || !digest || digest->algorithm() != DigestAlgorithm::sha256)
+            return ask_upstream();
+        s3::BucketLayout layout(s3cfg->rootdirectory);
+        deps.bucket->head(layout.layer_link_key(r.name, *digest),
+                          [self, ex, r, go, ask_upstream](Result<s3::ObjectInfo> info) {
+                              if (ex->closed()) return;
+                              if (!info) return ask_upstream();
+                              self->deps.cache->link(r.name, r.reference);
+                              go();
+                          });
+    }
+
+    void refuse_unlinked(Exchange& ex, const std::optional<Error>& upstream_error) {
+        if (upstream_error && is_upstream_outage(*upstream_error)) {
+            ex.set_outcome("unproven:upstream-down");
+            return send_error(ex, 503, "UNAVAILABLE",
+                              "cannot confirm the blob belongs to this repository now");
+        }
+        ex.set_outcome("unproven");
+        outcome_counter("blob", "unproven").inc();
+        send_error(ex, 404, "BLOB_UNKNOWN", "blob unknown to registry");
     }
 
     static void respond_json(Exchange& ex, int status, std::string body) {
@@ -320,6 +562,14 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
     }
 
     void serve_blob(const std::shared_ptr<Exchange>& ex, const Route& r) {
+        if (deps.auth) {
+            auto self = shared_from_this();
+            return prove_blob(ex, r, [self, ex, r] { self->serve_proven_blob(ex, r); });
+        }
+        serve_proven_blob(ex, r);
+    }
+
+    void serve_proven_blob(const std::shared_ptr<Exchange>& ex, const Route& r) {
         const http::Request& req = ex->request();
         auto lookup = deps.cache->lookup(r.reference);
         if (!lookup) return send_error(*ex, 500, "UNKNOWN", lookup.error().message);
@@ -665,6 +915,12 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
 
     void serve_manifest(const std::shared_ptr<Exchange>& ex, const Route& r) {
         if (r.by_digest) {
+            // With auth, a cached manifest is served for <name> only when it was fetched for
+            // <name> (or pushed there); otherwise the upstream is asked for <name>.
+            if (deps.auth) {
+                auto linked = deps.cache->is_linked(r.name, r.reference);
+                if (!linked || !*linked) return fetch_manifest(ex, r);
+            }
             auto doc = deps.cache->get_document(r.reference);
             if (doc && *doc) {
                 ex->set_outcome("hit");
@@ -772,15 +1028,35 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
     }
 
     // ----- listings --------------------------------------------------------------------------
-    void pass_listing(const std::shared_ptr<Exchange>& ex, const Route& r) {
+    // The catalog without the repositories `who` may not pull (auth on). Pagination (Link) is
+    // kept as the upstream sent it, so a page may hold fewer than n names.
+    std::string filter_catalog(const Identity& who, const std::string& body) const {
+        auto j = nlohmann::json::parse(body, nullptr, false);
+        nlohmann::json out = {{"repositories", nlohmann::json::array()}};
+        if (j.is_object() && j.contains("repositories") && j["repositories"].is_array()) {
+            for (const auto& n : j["repositories"]) {
+                if (!n.is_string()) continue;
+                auto name =
+                    normalize_repository(n.get<std::string>(), deps.auth->policy().docker_hub());
+                if (name && deps.auth->policy().allows(who.principal, *name, Action::pull))
+                    out["repositories"].push_back(n);
+            }
+        }
+        return out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    }
+
+    void pass_listing(const std::shared_ptr<Exchange>& ex, const Route& r, const Identity& who) {
         if (!deps.upstream)
             return respond_json(*ex, 200,
                                 r.endpoint == Endpoint::catalog
                                     ? R"({"repositories":[]})"
                                     : R"({"name":")" + r.name + R"(","tags":[]})");
-        auto done = [ex](Result<UpstreamListing> l) {
+        auto self = shared_from_this();
+        bool filter = deps.auth && r.endpoint == Endpoint::catalog;
+        auto done = [self, ex, filter, who](Result<UpstreamListing> l) {
             if (ex->closed()) return;
             if (!l) return send_origin_error(*ex, l.error(), "NAME_UNKNOWN");
+            if (filter) l->body = self->filter_catalog(who, l->body);
             HeaderList h = api_headers();
             h.emplace_back("Content-Type", "application/json");
             auto link = net::find_header(l->headers, "Link");
@@ -801,6 +1077,12 @@ RegistryFront::~RegistryFront() = default;
 
 void RegistryFront::handle(std::shared_ptr<http::Exchange> exchange) {
     impl_->handle(exchange);
+}
+
+void RegistryFront::authorize(const std::shared_ptr<http::Exchange>& exchange,
+                              std::string_view repo, Action action,
+                              std::function<void(bool)> done) {
+    impl_->authorize(exchange, repo, action, std::move(done));
 }
 
 }  // namespace drayage::registry

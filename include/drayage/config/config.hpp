@@ -107,6 +107,38 @@ struct S3Config {
     S3RetryConfig retry;
 };
 
+// One access rule: the repositories it covers (globs) and who may pull or push them.
+// Patterns: `*` matches within one path component, `**` across components ("team/**"). Names
+// are matched after normalisation (see registry/auth.hpp). Principals: a user name,
+// "group:<name>", "anonymous" (no credentials), "authenticated" (any valid login) or "*"
+// (everyone, anonymous included).
+struct AuthRule {
+    std::vector<std::string> repositories;
+    std::vector<std::string> pull;
+    std::vector<std::string> push;
+};
+
+// `auth`: present means drayage authenticates clients and denies what no rule allows. Absent:
+// an open mirror (anyone may pull what the upstream serves to drayage's own credentials).
+struct AuthConfig {
+    std::string htpasswd_path;  // auth.htpasswd.path: bcrypt entries ("user:$2y$...")
+    // auth.token.realm: the token endpoint URL sent in challenges; empty: derived from the
+    // request's Host ("http(s)://<Host>/auth/token").
+    std::string token_realm;
+    std::string token_service = "drayage";  // `service` in challenges, `aud` of tokens
+    std::string token_issuer = "drayage";   // `iss` of tokens
+    Seconds token_expiration{300};          // access token lifetime
+    // A file holding the HS256 signing secret (at least 32 bytes); empty: a random secret made
+    // at start (tokens then die with the process, and nodes of a fleet do not share them).
+    std::string token_key;
+    std::map<std::string, std::vector<std::string>> groups;  // auth.groups: name -> users
+    std::vector<AuthRule> rules;                             // auth.rules
+    // auth.passthrough: repository patterns whose access the upstream decides with the
+    // client's own credentials; decisions cached for passthrough_ttl (at most 60 s).
+    std::vector<std::string> passthrough;
+    Seconds passthrough_ttl{30};
+};
+
 struct StorageConfig {
     std::optional<S3Config> s3;
 };
@@ -118,6 +150,7 @@ struct Config {
     UpstreamConfig upstream;
     UploadsConfig uploads;
     StorageConfig storage;
+    std::optional<AuthConfig> auth;
 
     std::string source_file;  // the file it was loaded from, for messages
 

@@ -179,8 +179,13 @@ private:
 
 using Handler = std::function<void(std::shared_ptr<Exchange>)>;
 
+class TlsContext;
+
 struct ServerOptions {
     std::string addr = "127.0.0.1:0";  // [host]:port; empty host: all interfaces; port 0: any
+    // Set: every connection is TLS, with an SSL from this context at accept time (see tls.hpp;
+    // reloading it affects only new connections). Must outlive the server. Null: plain HTTP.
+    const TlsContext* tls = nullptr;
     config::HttpLimits limits;
     std::size_t write_high_watermark = 1024 * 1024;  // write() returns false above this
     std::size_t write_low_watermark = 256 * 1024;    // on_writable fires at or below this

@@ -21,6 +21,7 @@
 #include "drayage/cache/cache.hpp"
 #include "drayage/config/config.hpp"
 #include "drayage/http/server.hpp"
+#include "drayage/registry/auth.hpp"
 #include "drayage/registry/origin.hpp"
 #include "drayage/registry/routes.hpp"
 #include "drayage/registry/upstream.hpp"
@@ -42,6 +43,15 @@ struct FrontDeps {
     // Everything else drayage does not serve itself (manifest PUT/DELETE, blob DELETE, unknown
     // /v2/ methods): forwarded to the registry behind. Unset: 405 UNSUPPORTED.
     std::function<void(std::shared_ptr<http::Exchange>)> passthrough;
+    // Client authentication and per-repository rules (config `auth`). Null: an open mirror.
+    // When set, every /v2/ request is checked before it is routed (401 with a Bearer challenge
+    // when denied; names normalised first), /auth/token is the token endpoint, a blob or a
+    // manifest by digest is served for <name> only when drayage knows the digest belongs to
+    // <name>, and listings show only readable repositories.
+    Authenticator* auth = nullptr;
+    // auth.passthrough: reads of those repositories decided by the upstream with the client's
+    // own Basic credentials. Null: pass-through repositories need a rule like any other.
+    UpstreamAccessCheck* upstream_access = nullptr;
 };
 
 class RegistryFront {
@@ -53,6 +63,15 @@ public:
 
     // The http::Handler.
     void handle(std::shared_ptr<http::Exchange> exchange);
+
+    // The permission hook for the push path. The front already checks, before it hands a
+    // request to FrontDeps::uploads or ::passthrough, that the client may pull and push the
+    // route's <name>; push code calls this for any other repository a request involves. `done`
+    // gets true when allowed (always true without `auth`); when false, the exchange has been
+    // answered (401 with a challenge for `repo`). `repo` is normalised here. `done` may run
+    // before authorize() returns.
+    void authorize(const std::shared_ptr<http::Exchange>& exchange, std::string_view repo,
+                   Action action, std::function<void(bool)> done);
 
     struct Impl;
 

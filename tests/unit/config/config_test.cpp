@@ -635,3 +635,77 @@ TEST_CASE("environment() returns the process environment") {
     REQUIRE(env.count("DRAYAGE_UNIT_TEST_PROBE") == 1);
     CHECK(env.at("DRAYAGE_UNIT_TEST_PROBE") == "a=b");
 }
+
+TEST_CASE("the auth section: absent is an open mirror; rules, groups and lists load and render") {
+    CHECK_FALSE(load_ok("").auth.has_value());
+    const std::string yaml =
+        "auth:\n"
+        "  htpasswd:\n"
+        "    path: /etc/drayage/htpasswd\n"
+        "  token:\n"
+        "    service: mirror.example\n"
+        "    expiration: 2m\n"
+        "  groups:\n"
+        "    dev: [carol, dave]\n"
+        "  rules:\n"
+        "    - repositories: [\"public/**\"]\n"
+        "      pull: [\"*\"]\n"
+        "    - repositories: private/*\n"
+        "      pull: [alice, \"group:dev\"]\n"
+        "      push: [alice]\n"
+        "  passthrough: [\"vendor/**\"]\n"
+        "  passthrough_ttl: 20s\n";
+    Config c = load_ok(yaml);
+    REQUIRE(c.auth.has_value());
+    const AuthConfig& a = *c.auth;
+    CHECK(a.htpasswd_path == "/etc/drayage/htpasswd");
+    CHECK(a.token_service == "mirror.example");
+    CHECK(a.token_issuer == "drayage");
+    CHECK(a.token_expiration == std::chrono::seconds(120));
+    CHECK(a.groups.at("dev") == std::vector<std::string>{"carol", "dave"});
+    REQUIRE(a.rules.size() == 2);
+    CHECK(a.rules[1].repositories == std::vector<std::string>{"private/*"});
+    CHECK(a.rules[1].push == std::vector<std::string>{"alice"});
+    CHECK(a.passthrough == std::vector<std::string>{"vendor/**"});
+    CHECK(a.passthrough_ttl == std::chrono::seconds(20));
+    // Renders and loads back the same.
+    Config again = load_ok(render_redacted(c));
+    REQUIRE(again.auth.has_value());
+    CHECK(again.auth->rules.size() == 2);
+    CHECK(body(render_redacted(again)) == body(render_redacted(c)));
+    // Scalar keys come from the environment too (and create the section).
+    Config env = load_ok("", {{"DRAYAGE_AUTH_TOKEN_SERVICE", "svc"}});
+    REQUIRE(env.auth.has_value());
+    CHECK(env.auth->token_service == "svc");
+    CHECK(env.auth->rules.empty());  // deny everything
+}
+
+TEST_CASE("auth mistakes are errors naming the key") {
+    CHECK_THAT(load_error("auth:\n  rules:\n    - pull: [a]\n"),
+               Catch::Contains("auth.rules[0].repositories"));
+    CHECK_THAT(load_error("auth:\n  rules:\n    - repositories: [a]\n      pul: [a]\n"),
+               Catch::Contains("auth.rules[0].pul"));
+    CHECK_THAT(load_error("auth:\n  rules:\n    - repositories: [a]\n      pull: [\"group:x\"]\n"),
+               Catch::Contains("auth.groups does not define"));
+    CHECK_THAT(load_error("auth:\n  passthrough_ttl: 5m\n"), Catch::Contains("passthrough_ttl"));
+    CHECK_THAT(load_error("auth:\n  rules: yes\n"), Catch::Contains("auth.rules"));
+}
+
+TEST_CASE("the commented auth example in conf/drayage.yml is valid once uncommented") {
+    const std::string doc = read_text(DRAYAGE_DEFAULT_CONFIG);
+    const std::size_t begin = doc.find("# --- begin auth example");
+    const std::size_t end = doc.find("# --- end auth example");
+    REQUIRE(begin != std::string::npos);
+    REQUIRE(end != std::string::npos);
+    std::istringstream in(doc.substr(begin, end - begin));
+    std::string line, yaml;
+    std::getline(in, line);  // the marker
+    while (std::getline(in, line)) {
+        yaml += (line.rfind("# ", 0) == 0 ? line.substr(2) : line.substr(1)) + "\n";
+    }
+    Config c = load_ok(yaml);
+    REQUIRE(c.auth.has_value());
+    CHECK(c.auth->rules.size() == 2);
+    CHECK(c.auth->token_expiration == std::chrono::seconds(300));
+    CHECK(c.auth->passthrough_ttl == std::chrono::seconds(30));
+}
