@@ -109,7 +109,10 @@ class Containerd:
         d = self.workdir / f"hosts-{int(time.monotonic_ns())}"
         (d / server_host).mkdir(parents=True)
         if as_server:
-            text = f'server = "{mirror_url}"\n'
+            # containerd 1.6 wants a [host] table even when the host is the server itself.
+            text = (f'server = "{mirror_url}"\n'
+                    f'[host."{mirror_url}"]\n'
+                    '  capabilities = ["pull", "resolve"]\n')
         else:
             text = (f'server = "https://registry-1.docker.io"\n'
                     f'[host."{mirror_url}"]\n'
