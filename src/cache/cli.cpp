@@ -11,6 +11,7 @@
 #include <memory>
 
 #include "drayage/cache/blob_store.hpp"
+#include "drayage/util/text.hpp"
 
 namespace drayage::cache {
 namespace {
@@ -60,12 +61,7 @@ std::string human(std::uint64_t bytes) {
 }
 
 std::string utc(std::int64_t t) {
-    std::time_t tt = static_cast<std::time_t>(t);
-    std::tm tm{};
-    gmtime_r(&tt, &tm);
-    char buf[32];
-    std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    return buf;
+    return text::rfc3339_utc(t);
 }
 
 int fail(const std::string& message) {

@@ -14,6 +14,7 @@
 #include "drayage/registry/auth.hpp"
 #include "drayage/s3/sigv4.hpp"
 #include "drayage/util/metrics.hpp"
+#include "drayage/util/text.hpp"
 
 namespace drayage::registry {
 namespace {
@@ -116,12 +117,7 @@ std::string dump(const json& j) {
 }
 
 std::string rfc3339(std::int64_t t) {
-    std::time_t tt = static_cast<std::time_t>(t);
-    std::tm tm{};
-    gmtime_r(&tt, &tm);
-    char buf[32];
-    std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    return buf;
+    return text::rfc3339_utc(t);
 }
 
 std::int64_t unix_now() {

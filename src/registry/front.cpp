@@ -14,7 +14,9 @@
 #include "drayage/registry/routes.hpp"
 #include "drayage/s3/layout.hpp"
 #include "drayage/s3/multipart.hpp"
+#include "drayage/s3/sigv4.hpp"
 #include "drayage/util/metrics.hpp"
+#include "drayage/util/text.hpp"
 
 namespace drayage::registry {
 namespace {
@@ -188,15 +190,7 @@ Result<std::optional<ByteSpan>> parse_range(std::string_view header, std::uint64
     if (spec.find(',') != std::string_view::npos) return std::optional<ByteSpan>{};
     auto dash = spec.find('-');
     if (dash == std::string_view::npos) return std::optional<ByteSpan>{};
-    auto parse_num = [](std::string_view s, std::uint64_t& out) {
-        if (s.empty() || s.size() > 19) return false;
-        out = 0;
-        for (char c : s) {
-            if (c < '0' || c > '9') return false;
-            out = out * 10 + static_cast<std::uint64_t>(c - '0');
-        }
-        return true;
-    };
+    const auto& parse_num = text::parse_u64;
     std::string_view a = spec.substr(0, dash), b = spec.substr(dash + 1);
     std::uint64_t first = 0, last = 0;
     Error unsatisfiable = make_error("RANGE_INVALID", "range not satisfiable", 416);
@@ -814,13 +808,9 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
             unsigned char md[EVP_MAX_MD_SIZE];
             unsigned int len = 0;
             EVP_DigestFinal_ex(miss->hash.get(), md, &len);
-            static const char* kHex = "0123456789abcdef";
-            std::string hex;
-            for (unsigned int i = 0; i < len; ++i) {
-                hex += kHex[md[i] >> 4];
-                hex += kHex[md[i] & 0xf];
-            }
-            verified = "sha256:" + hex == digest;
+            verified = "sha256:" + s3::hex_encode(
+                                       std::string_view(reinterpret_cast<const char*>(md), len)) ==
+                       digest;
         }
         if (!verified) {
             upload->abort([digest](Status) {

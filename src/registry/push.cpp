@@ -20,6 +20,7 @@
 #include "drayage/s3/layout.hpp"
 #include "drayage/s3/multipart.hpp"
 #include "drayage/util/metrics.hpp"
+#include "drayage/util/text.hpp"
 
 namespace drayage::registry {
 namespace {
@@ -178,15 +179,7 @@ Result<UploadRange> parse_upload_range(std::string_view header) {
         header = header.substr(0, slash);
     auto dash = header.find('-');
     if (dash == std::string_view::npos) return bad;
-    auto num = [](std::string_view s, std::uint64_t& out) {
-        if (s.empty() || s.size() > 19) return false;
-        out = 0;
-        for (char c : s) {
-            if (c < '0' || c > '9') return false;
-            out = out * 10 + static_cast<std::uint64_t>(c - '0');
-        }
-        return true;
-    };
+    const auto& num = text::parse_u64;
     UploadRange r;
     if (!num(header.substr(0, dash), r.first) || !num(header.substr(dash + 1), r.last) ||
         r.last < r.first)
