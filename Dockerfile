@@ -15,6 +15,7 @@ COPY meson.build meson_options.txt ./
 COPY include include
 COPY src src
 COPY tests tests
+COPY bench bench
 RUN meson setup /build -Dbuildtype=release -Dwerror=true \
  && ninja -C /build src/drayage \
  && strip /build/src/drayage

@@ -31,12 +31,14 @@ bool is_bcrypt(std::string_view hash) {
            (hash.starts_with("$2a$") || hash.starts_with("$2b$") || hash.starts_with("$2y$"));
 }
 
-// bcrypt(password, setting) through libcrypt; empty on failure. crypt_data is ~32 KiB: heap.
+// bcrypt(password, setting) through libcrypt (libxcrypt on Debian 12); empty on failure.
+// crypt_data is ~32 KiB: heap. crypt_rn rather than crypt_r: it returns null on failure instead
+// of a "*" string, and AddressSanitizer's crypt_r interceptor cannot find libxcrypt's versioned
+// symbol and calls address 0 (seen with g++ 12), which would make the sanitizer build useless.
 std::string bcrypt(std::string_view password, const std::string& setting) {
     auto data = std::make_unique<crypt_data>();
     std::string pw(password);
-    const char* out = crypt_r(pw.c_str(), setting.c_str(), data.get());
-    // libcrypt answers failures with a string starting with '*' (or null).
+    const char* out = crypt_rn(pw.c_str(), setting.c_str(), data.get(), sizeof(crypt_data));
     if (out == nullptr || out[0] == '*') return {};
     return out;
 }
