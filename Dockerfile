@@ -16,7 +16,7 @@ COPY include include
 COPY src src
 COPY tests tests
 COPY bench bench
-RUN meson setup /build -Dbuildtype=release -Dwerror=true \
+RUN meson setup /build -Dbuildtype=release \
  && ninja -C /build src/drayage \
  && strip /build/src/drayage
 
