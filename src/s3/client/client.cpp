@@ -790,27 +790,38 @@ void Client::abort_multipart(std::string key, std::string upload_id,
 
 namespace {
 
-// Drives a paginated listing: `fetch(marker, next)` requests one page and calls `next` with it.
+// Drives a paginated listing: requests `base` plus the previous page's markers, parses each page,
+// collects its items, and stops when a page names no next markers.
 template <typename Item, typename Page>
 struct Pager : std::enable_shared_from_this<Pager<Item, Page>> {
-    std::vector<Item> items;
-    std::function<void(std::vector<std::pair<std::string, std::string>>,
-                       std::function<void(Result<Page>)>)>
-        fetch;
-    std::function<std::vector<std::pair<std::string, std::string>>(const Page&)> next_markers;
-    std::function<std::vector<Item>&(Page&)> page_items;
-    std::function<void(Result<std::vector<Item>>)> done;
+    using Markers = std::vector<std::pair<std::string, std::string>>;
 
-    void step(std::vector<std::pair<std::string, std::string>> markers) {
+    Client::Impl* impl = nullptr;
+    Request base;
+    Result<Page> (*parse)(std::string_view) = nullptr;
+    Markers (*next_markers)(const Page&) = nullptr;
+    std::vector<Item>& (*page_items)(Page&) = nullptr;
+    std::function<void(Result<std::vector<Item>>)> done;
+    std::vector<Item> items;
+
+    void step(Markers markers) {
+        Request r = base;
+        for (auto& [k, v] : markers)
+            r.query.push_back(QueryParam{k, v, false});
         auto self = this->shared_from_this();
-        fetch(std::move(markers), [self](Result<Page> page) {
+        impl->execute(std::move(r), [self](Result<Response> res) {
+            if (!res) {
+                self->done(res.error());
+                return;
+            }
+            Result<Page> page = self->parse(res->body);
             if (!page) {
                 self->done(page.error());
                 return;
             }
             auto& got = self->page_items(*page);
             std::move(got.begin(), got.end(), std::back_inserter(self->items));
-            auto following = self->next_markers(*page);
+            Markers following = self->next_markers(*page);
             if (following.empty()) {
                 self->done(std::move(self->items));
                 return;
@@ -826,30 +837,16 @@ void Client::list_parts(std::string key, std::string upload_id,
                         std::function<void(Result<std::vector<PartInfo>>)> done,
                         std::size_t page_size) {
     auto pager = std::make_shared<Pager<PartInfo, PartsPage>>();
-    Impl* impl = impl_.get();
-    pager->fetch = [impl, page_size, key, upload_id](auto markers,
-                                                     std::function<void(Result<PartsPage>)> next) {
-        Request r;
-        r.op = "ListParts";
-        r.method = "GET";
-        r.key = key;
-        r.query.push_back(QueryParam{"uploadId", upload_id, false});
-        if (page_size > 0) {
-            r.query.push_back(QueryParam{"max-parts", std::to_string(page_size), false});
-        }
-        for (auto& [k, v] : markers) {
-            r.query.push_back(QueryParam{k, v, false});
-        }
-        impl->execute(std::move(r), [next = std::move(next)](Result<Response> res) {
-            if (!res) {
-                next(res.error());
-                return;
-            }
-            next(parse_list_parts(res->body));
-        });
-    };
+    pager->impl = impl_.get();
+    Request& r = pager->base;
+    r.op = "ListParts";
+    r.method = "GET";
+    r.key = std::move(key);
+    r.query.push_back(QueryParam{"uploadId", std::move(upload_id), false});
+    if (page_size > 0) r.query.push_back(QueryParam{"max-parts", std::to_string(page_size), false});
+    pager->parse = &parse_list_parts;
     pager->next_markers = [](const PartsPage& p) {
-        std::vector<std::pair<std::string, std::string>> m;
+        Pager<PartInfo, PartsPage>::Markers m;
         if (p.truncated && !p.next_part_number_marker.empty()) {
             m.emplace_back("part-number-marker", p.next_part_number_marker);
         }
@@ -864,32 +861,18 @@ void Client::list_multipart_uploads(std::string prefix,
                                     std::function<void(Result<std::vector<UploadInfo>>)> done,
                                     std::size_t page_size) {
     auto pager = std::make_shared<Pager<UploadInfo, UploadsPage>>();
-    Impl* impl = impl_.get();
-    pager->fetch = [impl, page_size, prefix](auto markers,
-                                             std::function<void(Result<UploadsPage>)> next) {
-        Request r;
-        r.op = "ListMultipartUploads";
-        r.method = "GET";
-        r.query.push_back(QueryParam{"uploads", "", true});
-        if (!prefix.empty()) {
-            r.query.push_back(QueryParam{"prefix", prefix, false});
-        }
-        if (page_size > 0) {
-            r.query.push_back(QueryParam{"max-uploads", std::to_string(page_size), false});
-        }
-        for (auto& [k, v] : markers) {
-            r.query.push_back(QueryParam{k, v, false});
-        }
-        impl->execute(std::move(r), [next = std::move(next)](Result<Response> res) {
-            if (!res) {
-                next(res.error());
-                return;
-            }
-            next(parse_list_multipart_uploads(res->body));
-        });
-    };
+    pager->impl = impl_.get();
+    Request& r = pager->base;
+    r.op = "ListMultipartUploads";
+    r.method = "GET";
+    r.query.push_back(QueryParam{"uploads", "", true});
+    if (!prefix.empty()) r.query.push_back(QueryParam{"prefix", std::move(prefix), false});
+    if (page_size > 0) {
+        r.query.push_back(QueryParam{"max-uploads", std::to_string(page_size), false});
+    }
+    pager->parse = &parse_list_multipart_uploads;
     pager->next_markers = [](const UploadsPage& p) {
-        std::vector<std::pair<std::string, std::string>> m;
+        Pager<UploadInfo, UploadsPage>::Markers m;
         if (p.truncated && (!p.next_key_marker.empty() || !p.next_upload_id_marker.empty())) {
             m.emplace_back("key-marker", p.next_key_marker);
             m.emplace_back("upload-id-marker", p.next_upload_id_marker);
@@ -905,32 +888,16 @@ void Client::list_objects(std::string prefix,
                           std::function<void(Result<std::vector<ObjectEntry>>)> done,
                           std::size_t page_size) {
     auto pager = std::make_shared<Pager<ObjectEntry, ObjectsPage>>();
-    Impl* impl = impl_.get();
-    pager->fetch = [impl, page_size, prefix](auto markers,
-                                             std::function<void(Result<ObjectsPage>)> next) {
-        Request r;
-        r.op = "ListObjectsV2";
-        r.method = "GET";
-        r.query.push_back(QueryParam{"list-type", "2", false});
-        if (!prefix.empty()) {
-            r.query.push_back(QueryParam{"prefix", prefix, false});
-        }
-        if (page_size > 0) {
-            r.query.push_back(QueryParam{"max-keys", std::to_string(page_size), false});
-        }
-        for (auto& [k, v] : markers) {
-            r.query.push_back(QueryParam{k, v, false});
-        }
-        impl->execute(std::move(r), [next = std::move(next)](Result<Response> res) {
-            if (!res) {
-                next(res.error());
-                return;
-            }
-            next(parse_list_objects_v2(res->body));
-        });
-    };
+    pager->impl = impl_.get();
+    Request& r = pager->base;
+    r.op = "ListObjectsV2";
+    r.method = "GET";
+    r.query.push_back(QueryParam{"list-type", "2", false});
+    if (!prefix.empty()) r.query.push_back(QueryParam{"prefix", std::move(prefix), false});
+    if (page_size > 0) r.query.push_back(QueryParam{"max-keys", std::to_string(page_size), false});
+    pager->parse = &parse_list_objects_v2;
     pager->next_markers = [](const ObjectsPage& p) {
-        std::vector<std::pair<std::string, std::string>> m;
+        Pager<ObjectEntry, ObjectsPage>::Markers m;
         if (p.truncated && !p.next_continuation_token.empty()) {
             m.emplace_back("continuation-token", p.next_continuation_token);
         }
