@@ -15,7 +15,7 @@ build_pkgs=(
   ca-certificates
 )
 test_pkgs=(
-  clang libclang-rt-14-dev clang-format lmdb-utils curl
+  clang libclang-rt-14-dev clang-format lmdb-utils curl openssl procps
   python3 python3-pytest python3-requests python3-yaml python3-botocore python3-jwt
   python3-cryptography
   swift-proxy swift-object swift-container swift-account memcached
