@@ -12,10 +12,10 @@ import json
 import os
 import pathlib
 import shutil
-import signal
 import subprocess
 import time
 
+from .net import terminate
 from .registry import skopeo_env
 
 
@@ -141,13 +141,8 @@ class Containerd:
         return ""
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            terminate(self.proc, timeout=20)
         if self.proc:
             self._log.close()
         self.proc = None
@@ -230,13 +225,8 @@ class Dockerd:
         return digests[0].split("@", 1)[1] if digests else ""
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            terminate(self.proc, timeout=30)
         if self.proc:
             self._log.close()
         self.proc = None

@@ -2,12 +2,11 @@
 import copy
 import os
 import pathlib
-import signal
 import subprocess
 
 import yaml
 
-from .net import free_port, wait_for_port
+from .net import free_port, wait_for_port, terminate
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -74,12 +73,6 @@ class Drayage:
     def stop(self, timeout: float = 20.0) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, timeout=timeout)
         self._log.close()
         return self.proc.returncode

@@ -6,7 +6,7 @@ import signal
 import socket
 import subprocess
 
-from .net import wait_for_port
+from .net import wait_for_port, terminate
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 
@@ -68,13 +68,7 @@ class HttpTestServer:
     def stop(self, timeout: float = 20.0) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, timeout=timeout)
         self.proc.stdout.close()
         self._log.close()
         return self.proc.returncode

@@ -1,5 +1,7 @@
 """Ports and waiting, for servers the tests start on 127.0.0.1."""
+import signal
 import socket
+import subprocess
 import time
 
 
@@ -40,3 +42,16 @@ def peak_rss_kib(pid: int) -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1])
     return 0
+
+
+def terminate(proc: subprocess.Popen, timeout: float = 20.0) -> int:
+    """SIGTERM, then SIGKILL if `proc` has not exited within `timeout`; returns its exit status.
+    A process that already exited is left alone."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode

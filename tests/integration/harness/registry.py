@@ -20,7 +20,6 @@ import json
 import os
 import pathlib
 import re
-import signal
 import subprocess
 import tarfile
 import time
@@ -30,7 +29,7 @@ import urllib.request
 import yaml
 
 from .drayage import deep_merge
-from .net import free_port, wait_for_port
+from .net import free_port, wait_for_port, terminate
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -267,13 +266,7 @@ class Registry:
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, timeout=timeout)
         self._out.close()
         self._err.close()
         self.proc = None
