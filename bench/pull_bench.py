@@ -137,7 +137,11 @@ def main() -> None:
     ap.add_argument("--big-mib", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--wrk-seconds", type=int, default=10)
+    ap.add_argument("--sections", default="1,2,3",
+                    help="which of sections 1 (hit), 2 (wrk), 3 (cold) to run, e.g. 3")
+    ap.add_argument("--cold-clients", default="1,8", help="client counts for section 3")
     args = ap.parse_args()
+    sections = {int(x) for x in args.sections.split(",")}
     binary = pathlib.Path(args.build) / "src" / "drayage"
     work = pathlib.Path(tempfile.mkdtemp(prefix="drayage-bench-"))
     servers = []
@@ -177,26 +181,30 @@ def main() -> None:
         }
         # docker-registry answers blob GETs with a redirect only with S3; filesystem serves bytes.
         speeds = {k: [] for k in targets}
-        for _ in range(args.rounds):
+        for _ in range(args.rounds if 1 in sections else 0):
             for name, url_of in targets.items():
                 speeds[name].append(curl_speed(url_of("big")))
-        print(f"\n1. cache-hit GET of a {args.big_mib} MiB blob, one curl client (median of "
-              f"{args.rounds}):")
-        base = statistics.median(speeds["drayage hit"])
-        for name, v in speeds.items():
+        if 1 in sections:
+            print(f"\n1. cache-hit GET of a {args.big_mib} MiB blob, one curl client (median of "
+                  f"{args.rounds}):")
+        for name, v in speeds.items() if 1 in sections else ():
+            base = statistics.median(speeds["drayage hit"])
             med = statistics.median(v)
             print(f"   {name:22s} {med / 1e9:6.2f} GB/s   drayage/this = {base / med:5.2f}")
 
-        print(f"\n2. wrk, 64 connections, {args.wrk_seconds} s each:")
-        for blob_name, label in (("mid", "1 MiB"), ("small", "16 KiB")):
+        if 2 in sections:
+            print(f"\n2. wrk, 64 connections, {args.wrk_seconds} s each:")
+        for blob_name, label in (("mid", "1 MiB"), ("small", "16 KiB")) if 2 in sections else ():
             rps = {name: wrk_rps(url_of(blob_name), args.wrk_seconds)
                    for name, url_of in targets.items()}
             base = rps["drayage hit"]
             for name, v in rps.items():
                 print(f"   {label:6s} {name:22s} {v:10.0f} req/s   drayage/this = {base / v:5.2f}")
 
-        print(f"\n3. cold pull of the {args.big_mib} MiB blob from the upstream registry:")
-        for clients in (1, 8):
+        if 3 in sections:
+            print(f"\n3. cold pull of the {args.big_mib} MiB blob from the upstream registry:")
+        cold_clients = [int(x) for x in args.cold_clients.split(",")] if 3 in sections else []
+        for clients in cold_clients:
             rows = {"drayage": [], "docker-registry proxy": []}
             gets = {"drayage": [], "docker-registry proxy": []}
             rss = {"drayage": 0, "docker-registry proxy": 0}

@@ -1,8 +1,6 @@
 // Cache, CacheFill and BlobReader: the loop side; the writer thread is in writer.cpp.
 #include "drayage/cache/cache.hpp"
 
-#include <fcntl.h>
-#include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -34,9 +32,10 @@ struct ReaderCore : std::enable_shared_from_this<ReaderCore> {
     std::uint64_t blob_size = 0;      // complete blobs
     std::uint64_t pos = 0;
     std::optional<std::uint64_t> req_end;  // offset + len when a len was given
-    std::string buf;                       // one chunk copied out of the store
+    // One chunk copied out of the store. A new buffer per chunk: the last one may still be
+    // queued on a socket (ReadResult::owner).
+    std::shared_ptr<std::string> buf;
     std::int64_t buf_index = -1;
-    std::shared_ptr<const std::string> hold;  // an in-memory chunk of the fill
     std::function<void()> callback;
     bool waiting = false;
     bool failed = false;
@@ -59,7 +58,7 @@ struct ReaderCore : std::enable_shared_from_this<ReaderCore> {
     ReadResult fail(Error e) {
         failed = true;
         error = std::move(e);
-        return ReadResult{ReadResult::Kind::error, {}, error};
+        return ReadResult{ReadResult::Kind::error, {}, {}, error};
     }
 
     ReadResult block() {
@@ -67,15 +66,16 @@ struct ReaderCore : std::enable_shared_from_this<ReaderCore> {
             waiting = true;
             fill->waiters_.push_back(weak_from_this());
         }
-        return ReadResult{ReadResult::Kind::would_block, {}, {}};
+        return ReadResult{ReadResult::Kind::would_block, {}, {}, {}};
     }
 
     // Bytes [pos, pos+limit) of chunk `index` out of the store, keeping the chunk for the next
     // read.
     ReadResult from_store(std::uint64_t id, std::uint32_t index, std::uint64_t off,
                           std::uint64_t limit) {
-        if (buf_index != static_cast<std::int64_t>(index)) {
-            if (auto st = impl->store->read_chunk(id, index, buf); !st) {
+        if (buf_index != static_cast<std::int64_t>(index) || !buf) {
+            buf = std::make_shared<std::string>();
+            if (auto st = impl->store->read_chunk(id, index, *buf); !st) {
                 buf_index = -1;
                 if (st.error().code == kErrNotFound) {
                     return fail(
@@ -85,20 +85,21 @@ struct ReaderCore : std::enable_shared_from_this<ReaderCore> {
             }
             buf_index = index;
         }
-        if (off + limit > buf.size()) {
+        if (off + limit > buf->size()) {
             return fail(make_error(kErrStore, "chunk shorter than its blob says: " + digest));
         }
         pos += limit;
-        return ReadResult{ReadResult::Kind::data, std::string_view(buf).substr(off, limit), {}};
+        return ReadResult{
+            ReadResult::Kind::data, std::string_view(*buf).substr(off, limit), buf, {}};
     }
 
     ReadResult read(std::size_t max_bytes) {
-        if (failed) return ReadResult{ReadResult::Kind::error, {}, error};
-        if (max_bytes == 0) return ReadResult{ReadResult::Kind::would_block, {}, {}};
+        if (failed) return ReadResult{ReadResult::Kind::error, {}, {}, error};
+        if (max_bytes == 0) return ReadResult{ReadResult::Kind::would_block, {}, {}, {}};
         const std::uint64_t cs = impl->store->chunk_size();
         std::optional<std::uint64_t> e = end();
         if (!fill) {
-            if (pos >= *e) return ReadResult{ReadResult::Kind::end, {}, {}};
+            if (pos >= *e) return ReadResult{ReadResult::Kind::end, {}, {}, {}};
             auto index = static_cast<std::uint32_t>(pos / cs);
             std::uint64_t off = pos % cs;
             std::uint64_t limit = std::min<std::uint64_t>({max_bytes, cs - off, *e - pos});
@@ -108,7 +109,7 @@ struct ReaderCore : std::enable_shared_from_this<ReaderCore> {
         if (f.state_ == CacheFill::State::failed) return fail(f.error_);
         const bool verified = f.state_ == CacheFill::State::complete;
         if (e && pos >= *e) {
-            if (verified) return ReadResult{ReadResult::Kind::end, {}, {}};
+            if (verified) return ReadResult{ReadResult::Kind::end, {}, {}, {}};
             return block();
         }
         if (pos >= f.received_) {
@@ -129,17 +130,18 @@ struct ReaderCore : std::enable_shared_from_this<ReaderCore> {
         if (index < f.committed_) return from_store(f.blob_id_, index, off, limit);
         auto it = f.in_flight_.find(index);
         if (it != f.in_flight_.end()) {
-            hold = it->second;
             pos += limit;
-            return ReadResult{
-                ReadResult::Kind::data, std::string_view(*hold).substr(off, limit), {}};
+            return ReadResult{ReadResult::Kind::data,
+                              std::string_view(*it->second).substr(off, limit),
+                              it->second,
+                              {}};
         }
         if (index == f.next_index_ && off + limit <= f.tail_.size()) {
             // The chunk being assembled: copy, the source appends to it.
-            buf.assign(f.tail_, off, limit);
+            buf = std::make_shared<std::string>(f.tail_, off, limit);
             buf_index = -1;
             pos += limit;
-            return ReadResult{ReadResult::Kind::data, std::string_view(buf), {}};
+            return ReadResult{ReadResult::Kind::data, std::string_view(*buf), buf, {}};
         }
         return fail(make_error(kErrStore, "fill bookkeeping lost a chunk of " + digest));
     }
@@ -506,17 +508,28 @@ Result<std::unique_ptr<Cache>> Cache::open(event_base* base, CacheOptions option
     if (options.store_factory) {
         store = options.store_factory();
     } else {
+        const std::string& dir = options.config.path;
         std::error_code ec;
-        std::filesystem::create_directories(options.config.path, ec);
-        std::string lock_path = options.config.path + "/drayage.lock";
-        impl->lock_fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-        if (impl->lock_fd < 0) {
-            return make_error(kErrStore, "cannot open " + lock_path + ": " + std::strerror(errno));
-        }
-        if (::flock(impl->lock_fd, LOCK_EX | LOCK_NB) != 0) {
-            return make_error(kErrStore, "cache " + options.config.path +
-                                             " is in use by another drayage server (" + lock_path +
-                                             " is locked); give each server its own cache.path");
+        std::filesystem::create_directories(dir, ec);
+        auto lock = DirLock::acquire(dir);
+        if (!lock) return lock.error();
+        impl->lock.emplace(std::move(*lock));
+        switch (last_shutdown(dir)) {
+            case Shutdown::clean: break;
+            case Shutdown::killed:
+                spdlog::info(
+                    "cache: the previous server at {} stopped without closing it; the "
+                    "system stayed up, so every committed blob is intact",
+                    dir);
+                break;
+            case Shutdown::system_down:
+                spdlog::warn(
+                    "cache: the system went down while a server had {} open; its last "
+                    "writes may never have reached the disk, so the cache is discarded "
+                    "and will refill",
+                    dir);
+                if (auto st = discard_store_files(dir); !st) return st.error();
+                break;
         }
         StoreOptions so;
         so.path = options.config.path;
@@ -525,6 +538,7 @@ Result<std::unique_ptr<Cache>> Cache::open(event_base* base, CacheOptions option
         auto opened = open_lmdb_store(so);
         if (!opened) return opened.error();
         store = std::move(*opened);
+        if (auto st = mark_dirty(dir); !st) return st.error();
     }
     impl->store = std::move(store);
     impl->options = std::move(options);
@@ -587,8 +601,17 @@ Cache::~Cache() {
     event_free(impl.wake_ev);
     event_free(impl.notify_ev);
     impl.writer.reset();
+    if (impl.lock) {
+        // Only a file that reached the disk may be called clean.
+        Status synced = impl.store->sync();
+        if (synced) synced = mark_clean(impl.options.config.path);
+        if (!synced) {
+            spdlog::warn("cache: could not close {} cleanly ({}); the next start checks it",
+                         impl.options.config.path, synced.error().to_string());
+        }
+    }
     impl.store.reset();
-    if (impl.lock_fd >= 0) ::close(impl.lock_fd);
+    impl.lock.reset();
 }
 
 BlobStore& Cache::store() {

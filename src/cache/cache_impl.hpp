@@ -9,12 +9,14 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
 #include <unordered_map>
 #include <vector>
 
+#include "cache_dir.hpp"
 #include "drayage/cache/cache.hpp"
 #include "drayage/util/metrics.hpp"
 
@@ -44,6 +46,9 @@ struct WriterOp {
     std::int64_t now = 0;
     std::uint64_t hits = 0;
     std::string media_type;
+    // Set by the hashing stage for fill_finish and document: did the bytes hash to the digest?
+    bool verified = true;
+    Error verify_error;
 };
 
 // What the writer reports back to the loop.
@@ -119,7 +124,7 @@ struct Cache::Impl {
     std::unique_ptr<BlobStore> store;
     std::unique_ptr<Writer> writer;
     Pins pins;
-    int lock_fd = -1;
+    std::optional<DirLock> lock;  // real LMDB stores only
     event* notify_ev = nullptr;
     event* wake_ev = nullptr;
 
@@ -187,10 +192,13 @@ public:
     void stop_and_join();
 
     struct FillState;
+    struct HashState;
 
 private:
     explicit Writer(Cache::Impl& impl);
     void run();
+    void run_hasher();
+    void hash(WriterOp& op);
     void process(std::vector<WriterOp>& batch);
     bool make_room(std::uint64_t incoming, std::uint64_t shrink_by = 0);
     void collect_garbage_step();
@@ -198,6 +206,13 @@ private:
 
     Cache::Impl& impl_;
     BlobStore& store_;
+    // push() -> hasher thread (sha256 of every fill chunk and document) -> writer thread. The two
+    // stages overlap: a cold fill hashes the next batch while LMDB writes this one.
+    std::thread hasher_;
+    std::mutex hash_mu_;
+    std::condition_variable hash_cv_;
+    std::deque<WriterOp> hash_queue_;
+    std::map<std::uint64_t, std::unique_ptr<HashState>> hashing_;  // hasher thread only
     std::thread thread_;
     std::mutex mu_;
     std::condition_variable cv_;

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <memory>
 
+#include "cache_dir.hpp"
 #include "drayage/cache/blob_store.hpp"
 #include "drayage/util/text.hpp"
 
@@ -289,6 +290,19 @@ int run_cache_command(const std::vector<std::string>& args, const config::CacheC
     std::error_code ec;
     if (!std::filesystem::exists(cfg.path + "/data.mdb", ec)) {
         return fail("no cache at " + cfg.path + " (cache.path): nothing to " + cmd);
+    }
+    // With no server running, the marker must show the cache survived its last stop; with one
+    // running, the server vouches for it (and its clean stop syncs what this command writes).
+    std::optional<DirLock> lock;
+    if (auto got = DirLock::acquire(cfg.path)) {
+        lock.emplace(std::move(*got));
+        if (last_shutdown(cfg.path) == Shutdown::system_down) {
+            return fail("the cache at " + cfg.path +
+                        " was open when the system went down and may be torn; the next "
+                        "`drayage serve` discards and refills it");
+        }
+    } else if (got.error().code != kErrBusy) {
+        return fail(got.error().to_string());
     }
     StoreOptions so;
     so.path = cfg.path;

@@ -182,6 +182,8 @@ public:
         return state_.links.count(detail::link_key(repo, digest)) > 0;
     }
 
+    Status sync() override { return {}; }
+
     Result<StoreUsage> usage() override {
         std::lock_guard lock(mu_);
         StoreUsage u;

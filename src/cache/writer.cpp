@@ -1,7 +1,8 @@
 // The writer thread: every write transaction of this process, group-committed.
 //
-// Each turn takes what is queued (up to max_batch_bytes), hashes fill chunks outside any
-// transaction (so a retried transaction never hashes twice), makes room under max_size in
+// Ops pass through a hashing thread first (sha256 of fill chunks and documents; it attaches the
+// verdict to fill_finish and document ops), so hashing one batch overlaps writing the last. Each
+// writer turn takes what is queued (up to max_batch_bytes), makes room under max_size in
 // bounded eviction transactions, then applies the batch in one transaction. MDB_MAP_FULL
 // (freed pages not reusable yet, or the file at its map size) is answered by evicting more and
 // retrying, up to three times; only then do the fills in that batch fail.
@@ -22,11 +23,15 @@ namespace drayage::cache {
 struct Writer::FillState {
     std::string digest;
     std::uint64_t blob_id = 0;
-    EVP_MD_CTX* ctx = nullptr;
     bool failed = false;
+};
+
+struct Writer::HashState {
+    std::string digest;
+    EVP_MD_CTX* ctx = nullptr;
     bool bad_index = false;
     std::uint32_t next_index = 0;
-    ~FillState() {
+    ~HashState() {
         if (ctx != nullptr) EVP_MD_CTX_free(ctx);
     }
 };
@@ -56,7 +61,7 @@ EVP_MD_CTX* new_sha256() {
     return ctx;
 }
 
-// Per op of a batch: what the hashing pre-pass decided.
+// Per op of a batch: what the pre-pass decided.
 struct Prepared {
     bool skip = false;
     bool ok = true;
@@ -76,6 +81,7 @@ Result<std::unique_ptr<Writer>> Writer::start(Cache::Impl& impl) {
     w->wake_read_ = fds[0];
     w->wake_write_ = fds[1];
     w->thread_ = std::thread([p = w.get()] { p->run(); });
+    w->hasher_ = std::thread([p = w.get()] { p->run_hasher(); });
     return w;
 }
 
@@ -87,10 +93,94 @@ Writer::~Writer() {
 
 void Writer::push(WriterOp op) {
     {
-        std::lock_guard lock(mu_);
-        queue_.push_back(std::move(op));
+        std::lock_guard lock(hash_mu_);
+        hash_queue_.push_back(std::move(op));
     }
-    cv_.notify_one();
+    hash_cv_.notify_one();
+}
+
+void Writer::run_hasher() {
+    for (;;) {
+        std::deque<WriterOp> ops;
+        {
+            std::unique_lock lock(hash_mu_);
+            hash_cv_.wait(lock, [&] { return !hash_queue_.empty(); });
+            ops.swap(hash_queue_);
+        }
+        bool stop = false;
+        for (WriterOp& op : ops) {
+            hash(op);
+            if (op.kind == WriterOp::Kind::stop) stop = true;
+            {
+                std::lock_guard lock(mu_);
+                queue_.push_back(std::move(op));
+            }
+            cv_.notify_one();  // one op at a time: the writer starts on a batch at once
+        }
+        if (stop) {
+            hashing_.clear();
+            return;
+        }
+    }
+}
+
+void Writer::hash(WriterOp& op) {
+    switch (op.kind) {
+        case WriterOp::Kind::fill_begin: {
+            auto hs = std::make_unique<HashState>();
+            hs->digest = op.digest;
+            hs->ctx = new_sha256();
+            hashing_[op.fill_id] = std::move(hs);
+            break;
+        }
+        case WriterOp::Kind::fill_chunk: {
+            auto it = hashing_.find(op.fill_id);
+            if (it == hashing_.end() || it->second->ctx == nullptr) break;
+            HashState& hs = *it->second;
+            if (op.index != hs.next_index) hs.bad_index = true;  // cannot happen: FIFO queue
+            ++hs.next_index;
+            EVP_DigestUpdate(hs.ctx, op.data->data(), op.data->size());
+            break;
+        }
+        case WriterOp::Kind::fill_finish: {
+            auto it = hashing_.find(op.fill_id);
+            if (it == hashing_.end()) break;  // aborted: the writer skips it too
+            HashState& hs = *it->second;
+            if (hs.ctx == nullptr) {
+                op.verified = false;
+                op.verify_error = make_error(kErrStore, "sha256 unavailable");
+            } else {
+                std::string hex = sha256_hex_final(hs.ctx);
+                if (hs.bad_index || "sha256:" + hex != hs.digest) {
+                    op.verified = false;
+                    op.verify_error =
+                        make_error(kErrDigestMismatch,
+                                   "bytes of " + hs.digest + " hash to sha256:" + hex, 502);
+                }
+            }
+            hashing_.erase(it);
+            break;
+        }
+        case WriterOp::Kind::fill_abort: hashing_.erase(op.fill_id); break;
+        case WriterOp::Kind::document: {
+            EVP_MD_CTX* ctx = new_sha256();
+            if (ctx == nullptr) {
+                op.verified = false;
+                op.verify_error = make_error(kErrStore, "sha256 unavailable");
+                break;
+            }
+            EVP_DigestUpdate(ctx, op.data->data(), op.data->size());
+            std::string hex = sha256_hex_final(ctx);
+            EVP_MD_CTX_free(ctx);
+            if ("sha256:" + hex != op.digest) {
+                op.verified = false;
+                op.verify_error =
+                    make_error(kErrDigestMismatch, "document hashes to sha256:" + hex, 400);
+            }
+            break;
+        }
+        default: break;
+    }
 }
 
 std::vector<Completion> Writer::take_completions() {
@@ -104,7 +194,8 @@ void Writer::stop_and_join() {
     if (!thread_.joinable()) return;
     WriterOp op;
     op.kind = WriterOp::Kind::stop;
-    push(std::move(op));
+    push(std::move(op));  // passes through the hasher, which stops after forwarding it
+    hasher_.join();
     thread_.join();
 }
 
@@ -236,7 +327,7 @@ bool Writer::make_room(std::uint64_t incoming, std::uint64_t shrink_by) {
 void Writer::process(std::vector<WriterOp>& batch) {
     std::vector<Prepared> prep(batch.size());
     std::uint64_t incoming = 0;
-    // Hashing pre-pass, outside any transaction.
+    // Pre-pass: what the batch will charge, and the hasher's verdicts.
     for (std::size_t i = 0; i < batch.size(); ++i) {
         WriterOp& op = batch[i];
         Prepared& p = prep[i];
@@ -244,8 +335,6 @@ void Writer::process(std::vector<WriterOp>& batch) {
             case WriterOp::Kind::fill_begin: {
                 auto fs = std::make_unique<FillState>();
                 fs->digest = op.digest;
-                fs->ctx = new_sha256();
-                if (fs->ctx == nullptr) fs->failed = true;
                 fills_[op.fill_id] = std::move(fs);
                 incoming += kMetaCharge;
                 break;
@@ -256,10 +345,6 @@ void Writer::process(std::vector<WriterOp>& batch) {
                     p.skip = true;
                     break;
                 }
-                FillState& fs = *it->second;
-                if (op.index != fs.next_index) fs.bad_index = true;  // cannot happen: FIFO queue
-                ++fs.next_index;
-                EVP_DigestUpdate(fs.ctx, op.data->data(), op.data->size());
                 incoming += store_.chunk_charge(op.data->size());
                 break;
             }
@@ -269,30 +354,13 @@ void Writer::process(std::vector<WriterOp>& batch) {
                     p.skip = true;
                     break;
                 }
-                FillState& fs = *it->second;
-                std::string hex = sha256_hex_final(fs.ctx);
-                if (fs.bad_index || "sha256:" + hex != fs.digest) {
-                    p.ok = false;
-                    p.error = make_error(kErrDigestMismatch,
-                                         "bytes of " + fs.digest + " hash to sha256:" + hex, 502);
-                }
+                p.ok = op.verified;
+                p.error = op.verify_error;
                 break;
             }
             case WriterOp::Kind::document: {
-                EVP_MD_CTX* ctx = new_sha256();
-                if (ctx == nullptr) {
-                    p.ok = false;
-                    p.error = make_error(kErrStore, "sha256 unavailable");
-                    break;
-                }
-                EVP_DigestUpdate(ctx, op.data->data(), op.data->size());
-                std::string hex = sha256_hex_final(ctx);
-                EVP_MD_CTX_free(ctx);
-                if ("sha256:" + hex != op.digest) {
-                    p.ok = false;
-                    p.error =
-                        make_error(kErrDigestMismatch, "document hashes to sha256:" + hex, 400);
-                }
+                p.ok = op.verified;
+                p.error = op.verify_error;
                 incoming += kMetaCharge + store_.chunk_charge(op.data->size());
                 break;
             }

@@ -1,5 +1,6 @@
 #include "drayage/registry/front.hpp"
 
+#include <event2/buffer.h>
 #include <openssl/evp.h>
 #include <spdlog/spdlog.h>
 
@@ -97,7 +98,7 @@ private:
             cache::ReadResult r = reader_->read(kReadPiece);
             switch (r.kind) {
                 case cache::ReadResult::Kind::data:
-                    if (!ex_->write(r.bytes)) {
+                    if (!write(r)) {
                         if (ex_->closed()) return stop();
                         return;  // on_writable resumes
                     }
@@ -115,6 +116,27 @@ private:
         }
     }
 
+    // Queues the bytes by reference when the cache says who owns them: the socket's buffer
+    // holds the chunk until the kernel has taken it, saving a copy of every byte.
+    bool write(const cache::ReadResult& r) {
+        if (!r.owner) return ex_->write(r.bytes);
+        if (!piece_) piece_.reset(evbuffer_new());
+        auto* keep = new std::shared_ptr<const std::string>(r.owner);
+        if (evbuffer_add_reference(
+                piece_.get(), r.bytes.data(), r.bytes.size(),
+                [](const void*, std::size_t, void* arg) {
+                    delete static_cast<std::shared_ptr<const std::string>*>(arg);
+                },
+                keep) != 0) {
+            delete keep;
+            return ex_->write(r.bytes);
+        }
+        bool ok = ex_->write(piece_.get());
+        // Whatever the exchange did not take (it closed) is dropped here, not sent later.
+        evbuffer_drain(piece_.get(), evbuffer_get_length(piece_.get()));
+        return ok;
+    }
+
     void stop() {
         if (done_) return;
         done_ = true;
@@ -127,6 +149,10 @@ private:
 
     std::shared_ptr<Exchange> ex_;
     std::unique_ptr<cache::BlobReader> reader_;
+    struct EvbufferFree {
+        void operator()(evbuffer* b) const { evbuffer_free(b); }
+    };
+    std::unique_ptr<evbuffer, EvbufferFree> piece_;  // staging for by-reference writes
     bool done_ = false;
 };
 

@@ -11,6 +11,7 @@ import subprocess
 import time
 
 import pytest
+import requests
 import yaml
 
 MAX_SIZE = 64 * 1024 * 1024
@@ -179,9 +180,48 @@ def test_safe_while_a_server_holds_the_cache(drayage_bin, config_file, populate_
         rc, out, err = cli(drayage_bin, config_file, "evict", "--all")
         assert rc == 0, err
         assert holder.poll() is None
+        # The holder commits without fsync (MDB_NOSYNC): its marker names this boot.
+        state = (cache_dir / "drayage.state").read_text().split()
+        assert state[0] == "dirty" and state[1] == boot_id()
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
+    # Killed, but the system stayed up: the page cache has every commit, the cache is trusted.
     rc, out, err = cli(drayage_bin, config_file, "verify")
     assert rc == 0, err
     assert "verified 0 blobs" in out
+
+
+def boot_id():
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        return f.read().strip()
+
+
+def test_a_cache_open_when_the_system_went_down_is_discarded(drayage_bin, config_file,
+                                                             populate_bin, cache_dir,
+                                                             drayage_factory):
+    blobs = populate(populate_bin, cache_dir, 100_000, 300_000)
+    # A clean close syncs the file and says so.
+    assert (cache_dir / "drayage.state").read_text() == "clean\n"
+    assert len(listed(cli(drayage_bin, config_file, "ls")[1])) == 2
+
+    # As if the machine lost power under a running server: its unsynced commits may be torn.
+    (cache_dir / "drayage.state").write_text("dirty 00000000-1111-2222-3333-444444444444\n")
+    rc, out, err = cli(drayage_bin, config_file, "ls")
+    assert rc != 0
+    assert "system went down" in err and "discards and refills" in err, err
+
+    server = drayage_factory({"cache": {"path": str(cache_dir), "max_size": "64MiB"},
+                              "upstream": {"url": ""}})
+    assert requests.get(f"{server.url}/v2/", timeout=10).status_code == 200
+    for b in blobs:
+        r = requests.head(f"{server.url}/v2/any/repo/blobs/{b['digest']}", timeout=10)
+        assert r.status_code == 404
+    assert "the cache is discarded" in server.log()
+    state = (cache_dir / "drayage.state").read_text().split()
+    assert state == ["dirty", boot_id()]
+    server.stop()
+    assert (cache_dir / "drayage.state").read_text() == "clean\n"
+    rc, out, err = cli(drayage_bin, config_file, "ls")
+    assert rc == 0, err
+    assert listed(out) == {}

@@ -125,6 +125,8 @@ public:
     virtual Result<std::vector<BlobMeta>> list() = 0;
     virtual Result<bool> is_linked(std::string_view repo, std::string_view digest) = 0;
     virtual Result<StoreUsage> usage() = 0;
+    // Flushes every commit to disk (LMDB commits with MDB_NOSYNC; see cache_dir.hpp).
+    virtual Status sync() = 0;
 };
 
 struct StoreOptions {

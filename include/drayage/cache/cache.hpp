@@ -73,7 +73,10 @@ struct ReadResult {
     enum class Kind { data, would_block, end, error };
     Kind kind = Kind::would_block;
     std::string_view bytes;  // kind == data: valid until the next read() or the reader's end
-    Error error;             // kind == error
+    // kind == data: the buffer `bytes` points into. Holding it keeps the bytes valid after the
+    // next read(), so a server can queue them on a socket without copying (evbuffer reference).
+    std::shared_ptr<const std::string> owner;
+    Error error;  // kind == error
 };
 
 // One client's transfer of [offset, offset + len) of one blob, at the client's own pace.
