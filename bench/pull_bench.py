@@ -243,7 +243,7 @@ def main() -> None:
 
         print("\n4. peak RSS of the long-running servers:")
         print(f"   drayage (hot)          {peak_rss_kib(hot.proc.pid) / 1024:6.1f} MiB "
-              f"(anon {hot_anon.stop() / 1024:5.1f} MiB; the rest is LMDB's read-only map)")
+              f"(anon {hot_anon.stop() / 1024:5.1f} MiB; the rest is file-backed: code, LMDB tree pages)")
         print(f"   docker-registry fs     {peak_rss_kib(upstream.proc.pid) / 1024:6.1f} MiB")
         print(f"   nginx sendfile on      {ng_on.rss_kib() / 1024:6.1f} MiB (master + workers)")
         print(f"   nginx sendfile off     {ng_off.rss_kib() / 1024:6.1f} MiB (master + workers)")

@@ -1,6 +1,7 @@
 #include "drayage/registry/front.hpp"
 
 #include <event2/buffer.h>
+#include <event2/event.h>
 #include <openssl/evp.h>
 #include <spdlog/spdlog.h>
 
@@ -237,6 +238,137 @@ Result<std::optional<ByteSpan>> parse_range(std::string_view header, std::uint64
     if (last >= size) last = size - 1;
     return std::optional<ByteSpan>{ByteSpan{first, last}};
 }
+
+// ---------------------------------------------------------------------------------------------
+// A blob larger than the whole cache, streamed from an origin to one client without caching it.
+// Every byte is hashed on the way, and the last byte of the client's span is held back until the
+// digest checks out (as for a reader joined to a fill): a client never completes a transfer of
+// bytes that fail verification. A Range request still reads the blob from its start, so it can be
+// verified. There is no single flight here: each client has its own origin transfer.
+class PassThrough : public std::enable_shared_from_this<PassThrough> {
+public:
+    PassThrough(std::shared_ptr<Exchange> ex, std::string digest, std::string range,
+                HeaderList headers)
+        : ex_(std::move(ex)),
+          digest_(std::move(digest)),
+          range_(std::move(range)),
+          headers_(std::move(headers)) {}
+
+    void start(BlobOrigin& origin, const std::string& repo) {
+        auto self = shared_from_this();
+        hash_.reset(EVP_MD_CTX_new());
+        EVP_DigestInit_ex(hash_.get(), EVP_sha256(), nullptr);
+        ex_->on_closed([self] { self->stop(); });
+        ex_->on_writable([self] {
+            if (self->transfer_) self->transfer_->resume();
+        });
+        OriginSink sink;
+        sink.on_head = [self](const OriginHead& h) { return self->head(h); };
+        sink.on_data = [self](std::string_view b) { return self->data(b); };
+        sink.on_done = [self](Status st) { self->done(st); };
+        transfer_ = origin.get(repo, digest_, std::move(sink));
+    }
+
+private:
+    bool head(const OriginHead& h) {
+        if (ex_->closed()) return false;
+        if (!h.size) {
+            send_error(*ex_, 502, "UNKNOWN", "origin sent no length for " + digest_);
+            return stop_after(false);
+        }
+        size_ = *h.size;
+        auto pr = parse_range(range_, size_);
+        if (!pr) {
+            HeaderList hl = api_headers();
+            hl.emplace_back("Content-Range", "bytes */" + std::to_string(size_));
+            hl.emplace_back("Content-Type", "application/json");
+            ex_->respond(416, std::move(hl),
+                         http::registry_error_body("RANGE_INVALID", "range not satisfiable"));
+            return stop_after(false);
+        }
+        if (*pr) {
+            first_ = (*pr)->first;
+            end_ = (*pr)->last + 1;
+            headers_.emplace_back("Content-Range", "bytes " + std::to_string(first_) + "-" +
+                                                       std::to_string(end_ - 1) + "/" +
+                                                       std::to_string(size_));
+            ex_->send_head(206, std::move(headers_), end_ - first_);
+        } else {
+            end_ = size_;
+            ex_->send_head(200, std::move(headers_), size_);
+        }
+        return true;
+    }
+
+    bool data(std::string_view bytes) {
+        if (ex_->closed()) return true;  // stop() cancels the transfer
+        EVP_DigestUpdate(hash_.get(), bytes.data(), bytes.size());
+        const std::uint64_t at = pos_;
+        pos_ += bytes.size();
+        // The part of these bytes inside [first_, end_ - 1): the last byte waits for the digest.
+        const std::uint64_t from = std::max(at, first_);
+        const std::uint64_t to = std::min(pos_, end_ - 1);
+        if (pos_ >= end_ && at < end_) held_ = bytes[end_ - 1 - at];
+        if (from >= to) return true;
+        return ex_->write(bytes.substr(from - at, to - from));
+    }
+
+    void done(Status st) {
+        transfer_.reset();
+        if (ex_->closed()) return stop();
+        if (st && pos_ != size_) {
+            st = make_error("UNKNOWN", "origin sent " + std::to_string(pos_) + " of " +
+                                           std::to_string(size_) + " bytes");
+        }
+        if (st) {
+            unsigned char md[EVP_MAX_MD_SIZE];
+            unsigned int len = 0;
+            EVP_DigestFinal_ex(hash_.get(), md, &len);
+            std::string got = "sha256:" + s3::hex_encode(std::string_view(
+                                              reinterpret_cast<const char*>(md), len));
+            if (got != digest_) {
+                st = make_error(cache::kErrDigestMismatch,
+                                "bytes of " + digest_ + " hash to " + got);
+            }
+        }
+        if (!st) {
+            spdlog::warn("uncached transfer of {} to {} cut: {}", digest_, ex_->request().peer,
+                         st.error().to_string());
+            ex_->set_outcome("cut:" + st.error().code);
+            ex_->abort();
+            return stop();
+        }
+        ex_->write(std::string_view(&held_, 1));
+        ex_->finish();
+        stop();
+    }
+
+    bool stop_after(bool result) {
+        stop();
+        return result;
+    }
+
+    void stop() {
+        if (stopped_) return;
+        stopped_ = true;
+        ex_->on_writable({});
+        ex_->on_closed({});
+        if (auto t = std::move(transfer_)) t->cancel();
+    }
+
+    std::shared_ptr<Exchange> ex_;
+    std::string digest_;
+    std::string range_;
+    HeaderList headers_;
+    std::shared_ptr<OriginTransfer> transfer_;
+    std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> hash_{nullptr, EVP_MD_CTX_free};
+    std::uint64_t size_ = 0;
+    std::uint64_t first_ = 0;
+    std::uint64_t end_ = 0;
+    std::uint64_t pos_ = 0;
+    char held_ = 0;
+    bool stopped_ = false;
+};
 
 // ---------------------------------------------------------------------------------------------
 struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
@@ -735,15 +867,41 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
         miss->head_seen = true;
         auto fh = deps.cache->start_or_join_fill(miss->digest, head.size);
         if (!fh) {
-            // Not cacheable (larger than the whole cache): tell the waiters plainly.
-            spdlog::warn("blob {} not cacheable: {}", miss->digest, fh.error().to_string());
             misses.erase(miss->digest);
+            miss->transfer.reset();
+            if (fh.error().code == "cache.too_large") {
+                // Larger than the whole cache: each client gets its own verified stream.
+                spdlog::info("blob {} is larger than cache.max_size; streaming it uncached",
+                             miss->digest);
+                // Started on the next loop turn: this is a callback of the origin's transfer,
+                // and curl refuses new transfers from inside its callbacks.
+                auto origin = deps.origins[miss->origin];
+                auto start = new std::function<void()>([miss, origin] {
+                    for (auto& w : miss->waiters) {
+                        if (w.ex->closed()) continue;
+                        w.ex->set_outcome("uncached:" + std::string(origin->name()));
+                        outcome_counter("blob", "uncached").inc();
+                        std::make_shared<PassThrough>(w.ex, miss->digest, w.range,
+                                                      blob_headers(miss->digest))
+                            ->start(*origin, miss->repo);
+                    }
+                });
+                event_base_once(
+                    deps.cache->base(), -1, EV_TIMEOUT,
+                    [](evutil_socket_t, short, void* arg) {
+                        std::unique_ptr<std::function<void()>> fn(
+                            static_cast<std::function<void()>*>(arg));
+                        (*fn)();
+                    },
+                    start, nullptr);
+                return false;
+            }
+            spdlog::warn("blob {} not cacheable: {}", miss->digest, fh.error().to_string());
             for (auto& w : miss->waiters) {
                 if (!w.ex->closed())
                     send_error(*w.ex, 503, "UNAVAILABLE",
                                "blob cannot be cached: " + fh.error().message);
             }
-            miss->transfer.reset();
             return false;
         }
         std::string origin_name(deps.origins[miss->origin]->name());

@@ -31,12 +31,12 @@ def blob_key(root: str, digest: str) -> str:
     return f"{root.strip('/')}/docker/registry/v2/blobs/sha256/{hexd[:2]}/{hexd}/data"
 
 
-def fetch(url: str) -> tuple[int, int, str, bool]:
+def fetch(url: str, headers: dict | None = None) -> tuple[int, int, str, bool]:
     """(status, bytes received, sha256, completed): completed is False when the transfer was cut."""
     h = hashlib.sha256()
     n = 0
     try:
-        with requests.get(url, stream=True, timeout=60) as r:
+        with requests.get(url, headers=headers, stream=True, timeout=60) as r:
             for chunk in r.raw.stream(1 << 20, decode_content=False):
                 h.update(chunk)
                 n += len(chunk)
@@ -163,3 +163,55 @@ def test_upstream_with_token_auth(tmp_path, drayage_factory):
     finally:
         tokens.stop()
         pusher.stop()
+
+
+def test_a_blob_larger_than_the_cache_is_streamed_verified_and_uncached(swift, tmp_path,  # noqa: F811
+                                                                       drayage_factory):
+    up = Registry(tmp_path / "up").start()
+    try:
+        image = up.push_image("big/app", "v1", [65 * MiB + 7], seed=21)
+        layer = image.layers[0]
+        body = layer.path.read_bytes()
+        d = drayage_factory({"upstream": {"url": up.url}, "cache": {"max_size": "64MiB"}})
+        url = f"{d.url}/v2/big/app/blobs/{layer.digest}"
+        mark = len(up.blob_gets(layer.digest))
+        # Whole, twice (nothing is cached, so each GET goes upstream), with a Range in between.
+        assert fetch(url) == (200, layer.size, layer.digest, True)
+        r = requests.get(url, headers={"Range": "bytes=1000-"}, timeout=60)
+        assert r.status_code == 206 and r.content == body[1000:]
+        assert r.headers["Content-Range"] == f"bytes 1000-{layer.size - 1}/{layer.size}"
+        r = requests.get(url, headers={"Range": "bytes=10-20"}, timeout=60)
+        assert r.status_code == 206 and r.content == body[10:21]
+        r = requests.get(url, headers={"Range": f"bytes={layer.size}-"}, timeout=60)
+        assert r.status_code == 416
+        r = requests.head(url, timeout=10)
+        assert r.status_code == 200 and int(r.headers["Content-Length"]) == layer.size
+        assert fetch(url) == (200, layer.size, layer.digest, True)
+        time.sleep(0.5)
+        assert len(up.blob_gets(layer.digest)) - mark >= 5
+        metrics = requests.get(d.url + "/metrics").text
+        assert 'outcome="uncached"' in metrics
+        assert 'outcome="hit"' not in metrics
+        assert "streaming it uncached" in d.log()
+    finally:
+        up.stop()
+
+    # From the bucket, with one byte altered: no client ever completes the transfer.
+    root = f"/big-{uuid.uuid4().hex[:8]}"
+    size = 65 * MiB + 3
+    good = bytes(range(256)) * (size // 256) + b"y" * (size % 256)
+    digest = "sha256:" + hashlib.sha256(good).hexdigest()
+    bad = bytearray(good)
+    bad[size - 2] ^= 0xFF
+    s3 = swift.client()
+    s3.put_object(Bucket=swift.bucket, Key=blob_key(root, digest), Body=bytes(bad))
+    d = drayage_factory({"storage": {"s3": drayage_s3_block(swift, root)},
+                         "cache": {"max_size": "64MiB"}}, name="bucket")
+    url = f"{d.url}/v2/big/app/blobs/{digest}"
+    status, n, got, completed = fetch(url)
+    assert not completed and n < size
+    # A Range ending at the altered end: the held-back last byte never comes; the transfer is cut.
+    status, n, got, completed = fetch(url, {"Range": f"bytes={size - 100}-"})
+    assert status == 206 and n < 100 and not completed
+    s3.put_object(Bucket=swift.bucket, Key=blob_key(root, digest), Body=good)
+    assert fetch(url) == (200, size, digest, True)

@@ -187,9 +187,9 @@ struct ServerOptions {
     // reloading it affects only new connections). Must outlive the server. Null: plain HTTP.
     const TlsContext* tls = nullptr;
     config::HttpLimits limits;
-    std::size_t write_high_watermark = 1024 * 1024;  // write() returns false above this
-    std::size_t write_low_watermark = 256 * 1024;    // on_writable fires at or below this
-    std::size_t read_buffer = 256 * 1024;            // unparsed input held per connection
+    std::size_t write_high_watermark = 256 * 1024;  // write() returns false above this
+    std::size_t write_low_watermark = 64 * 1024;    // on_writable fires at or below this
+    std::size_t read_buffer = 256 * 1024;           // unparsed input held per connection
     int backlog = 511;
 };
 
