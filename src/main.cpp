@@ -9,6 +9,7 @@
 // an invalid configuration.
 #include <arpa/inet.h>
 #include <event2/event.h>
+#include <event2/thread.h>
 #include <malloc.h>
 #include <netdb.h>
 #include <spdlog/spdlog.h>
@@ -36,6 +37,7 @@
 #include "drayage/registry/upstream.hpp"
 #include "drayage/s3/client.hpp"
 #include "drayage/util/log.hpp"
+#include "workers.hpp"
 
 namespace {
 
@@ -150,6 +152,7 @@ struct BaseDeleter {
 int serve(const drayage::config::Config& cfg) {
     using namespace drayage;
     std::signal(SIGPIPE, SIG_IGN);
+    evthread_use_pthreads();  // the hit workers wake the main loop (and it them) across threads
     std::unique_ptr<event_base, BaseDeleter> base(event_base_new());
     if (!base) {
         spdlog::critical("cannot create the event loop");
@@ -254,11 +257,22 @@ int serve(const drayage::config::Config& cfg) {
         tls = std::move(*t);
         server_options.tls = tls.get();
     }
+    // Hit workers only for an open mirror over plain HTTP: they cannot check credentials or
+    // carry a TLS session across a hand-off.
+    const int workers = (cfg.auth || tls) ? 0 : cfg.http.workers;
+    server_options.reuse_port = workers > 0;
     http::Server server(base.get(), server_options,
                         [&front](std::shared_ptr<http::Exchange> ex) { front.handle(ex); });
     if (auto st = server.listen(); !st) {
         spdlog::critical("cannot listen on {}: {}", cfg.http.addr, st.error().message);
         return 1;
+    }
+    HitWorkers hit_workers(base.get(), server, *blob_cache);
+    if (workers > 0) {
+        if (auto st = hit_workers.start(workers, server_options); !st) {
+            spdlog::critical("http.workers: {}", st.error().message);
+            return 1;
+        }
     }
     spdlog::info("drayage {} listening on {} (port {}); cache {} (max {} bytes); upstream {}{}",
                  kVersion, cfg.http.addr, server.port(), cfg.cache.path, cfg.cache.max_size,
@@ -272,9 +286,11 @@ int serve(const drayage::config::Config& cfg) {
         registry::Authenticator* auth;
         http::TlsContext* tls;
         std::string config_file;
+        HitWorkers* workers;
         bool stopping = false;
     } ctx{base.get(),          &server,   cfg.http.limits.shutdown_grace,
-          authenticator.get(), tls.get(), cfg.source_file};
+          authenticator.get(), tls.get(), cfg.source_file,
+          &hit_workers};
 
     auto on_stop = [](evutil_socket_t sig, short, void* arg) {
         auto* c = static_cast<SignalContext*>(arg);
@@ -285,6 +301,7 @@ int serve(const drayage::config::Config& cfg) {
         }
         c->stopping = true;
         spdlog::info("signal {}: shutting down (grace {} ms)", sig, c->grace.count());
+        c->workers->stop(c->grace);
         c->server->shutdown(c->grace, [c] { event_base_loopexit(c->base, nullptr); });
     };
     auto on_hup = [](evutil_socket_t, short, void* arg) {
@@ -338,7 +355,10 @@ int main(int argc, char** argv) {
     // threshold: every chunk was an mmap, page faults on zeroed pages, and a munmap. Keep them in
     // the heap and reuse them. Measured on a cold 1 GiB pull: see docs/performance.md.
     mallopt(M_MMAP_THRESHOLD, 4 * 1024 * 1024);
-    mallopt(M_TRIM_THRESHOLD, 32 * 1024 * 1024);
+    mallopt(M_TRIM_THRESHOLD, 8 * 1024 * 1024);
+    // Chunks are allocated on one thread and freed on another (loop, hasher, writer, workers):
+    // two arenas hold less idle memory than one per thread.
+    mallopt(M_ARENA_MAX, 2);
     Args args;
     if (int rc = parse_args(argc, argv, args); rc >= 0) return rc;
 

@@ -445,6 +445,7 @@ void Cache::Impl::on_completions() {
 }
 
 void Cache::Impl::note_access(const BlobMeta& meta) {
+    std::lock_guard touch_lock(touch_mu);  // hit workers record hits too
     std::int64_t now = now_seconds();
     auto& pending = touches[meta.digest];
     pending.hits += 1;
@@ -587,6 +588,7 @@ Cache::~Cache() {
         if (auto f = w.lock()) f->cache_ = nullptr;
     }
     // Hit counts not yet written.
+    std::lock_guard touch_lock(impl.touch_mu);
     std::int64_t now = now_seconds();
     for (auto& [digest, t] : impl.touches) {
         if (t.hits == 0) continue;
@@ -642,13 +644,13 @@ Result<std::unique_ptr<BlobReader>> Cache::open_reader(std::string_view digest,
                                                        std::optional<std::uint64_t> len) {
     Impl& impl = *impl_;
     std::string d(digest);
-    auto core = std::make_shared<ReaderCore>();
-    core->impl = &impl;
-    core->digest = d;
-    core->pos = offset;
-    if (len) core->req_end = offset + *len;
     auto fit = impl.fills.find(d);
     if (fit != impl.fills.end()) {
+        auto core = std::make_shared<ReaderCore>();
+        core->impl = &impl;
+        core->digest = d;
+        core->pos = offset;
+        if (len) core->req_end = offset + *len;
         CacheFill& f = *fit->second;
         if (f.expected_size_ && offset > *f.expected_size_) {
             return make_error(kErrRange, "range starts past the end of " + d, 416);
@@ -659,6 +661,21 @@ Result<std::unique_ptr<BlobReader>> Cache::open_reader(std::string_view digest,
         impl.joins.fetch_add(1);
         return std::unique_ptr<BlobReader>(new BlobReader(std::move(core)));
     }
+    return open_complete_reader(digest, offset, len);
+}
+
+Result<std::unique_ptr<BlobReader>> Cache::open_complete_reader(std::string_view digest,
+                                                                std::uint64_t offset,
+                                                                std::optional<std::uint64_t> len) {
+    // Any thread: only the store (LMDB read transactions, pread), the pins and the touch queue
+    // (both locked) and atomic counters are used.
+    Impl& impl = *impl_;
+    std::string d(digest);
+    auto core = std::make_shared<ReaderCore>();
+    core->impl = &impl;
+    core->digest = d;
+    core->pos = offset;
+    if (len) core->req_end = offset + *len;
     // Pin before looking: the writer never evicts a pinned blob, so what we find stays.
     if (!impl.pin(d)) return make_error(kErrNotFound, d + " is being evicted");
     auto m = impl.store->stat(digest);

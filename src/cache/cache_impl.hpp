@@ -149,6 +149,7 @@ struct Cache::Impl {
         std::uint64_t hits = 0;
         std::int64_t queued_at = 0;
     };
+    std::mutex touch_mu;  // touches: the loop and the hit workers
     std::unordered_map<std::string, Touch> touches;
 
     // Counters (the writer updates some).

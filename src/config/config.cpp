@@ -10,6 +10,7 @@
 #include "drayage/config/config.hpp"
 
 #include <arpa/inet.h>
+#include <sched.h>
 #include <unistd.h>
 // yaml-cpp 0.7's node/impl.h trips g++ 12's -Wdangling-pointer (a false positive on its
 // temporaries); it is not our code, so silence it for that header only.
@@ -35,6 +36,14 @@
 extern char** environ;
 
 namespace drayage::config {
+
+int default_http_workers() {
+    // The CPUs this process may run on (a container's cpuset, taskset), not the host's.
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    int cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+    return std::clamp(cpus - 1, 0, 7);
+}
 namespace {
 
 constexpr std::string_view kEnvPrefix = "DRAYAGE_";
@@ -128,6 +137,7 @@ const std::vector<Key>& keys() {
         {"log.file", StringKey{DRAYAGE_FIELD(log.file)}},
 
         {"http.addr", StringKey{DRAYAGE_FIELD(http.addr), false, check_addr}},
+        {"http.workers", CountKey{nullptr, DRAYAGE_FIELD(http.workers), 0, 64}},
         {"http.limits.max_request_line",
          SizeKey{DRAYAGE_FIELD(http.limits.max_request_line), 256, MiB, {}, {}}},
         {"http.limits.max_header_bytes",

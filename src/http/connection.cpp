@@ -1,6 +1,7 @@
 #include "connection.hpp"
 
 #include <event2/buffer.h>
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
@@ -121,6 +122,11 @@ bool Exchange::write(std::string_view data) {
     return conn_->exchange_write(*this, data);
 }
 
+bool Exchange::hand_off() {
+    if (conn_ == nullptr || finished_) return false;
+    return conn_->exchange_hand_off(*this);
+}
+
 bool Exchange::write(evbuffer* data) {
     if (conn_ == nullptr || finished_) return false;
     return conn_->exchange_write(*this, data);
@@ -193,6 +199,15 @@ void Connection::start() {
     bufferevent_set_timeouts(bev_, nullptr, &send_tv);
     bufferevent_enable(bev_, EV_READ | EV_WRITE);
     update_timer(false);
+}
+
+void Connection::start_with_input(std::string replay) {
+    start();
+    evbuffer* in = bufferevent_get_input(bev_);
+    evbuffer_unfreeze(in, 0);
+    evbuffer_add(in, replay.data(), replay.size());
+    evbuffer_freeze(in, 0);
+    process_input();
 }
 
 void Connection::on_server_shutdown() {
@@ -343,9 +358,14 @@ void Connection::process_step() {
         if (len == 0) break;
         evbuffer_iovec v{};
         if (evbuffer_peek(in, -1, nullptr, &v, 1) < 1) break;
+        const bool in_head = phase_ == Phase::kHead;
         std::size_t n =
             parser_.feed(std::string_view(static_cast<const char*>(v.iov_base), v.iov_len));
         if (phase_ == Phase::kClosed) return;
+        if (in_head && state_.options.on_handoff && n > 0) {
+            // Kept for a hand-off; the parser stops at the end of the head, so no body is here.
+            head_bytes_.append(static_cast<const char*>(v.iov_base), n);
+        }
         if (n > 0) {
             evbuffer_drain(in, n);
             state_.bytes_received->inc(n);
@@ -740,6 +760,47 @@ void Connection::exchange_finish(Exchange& ex) {
     response_finished(ex);
 }
 
+bool Connection::exchange_hand_off(Exchange& ex) {
+    if (&ex != current_.get() || !state_.options.on_handoff || tls_ || ex.head_sent_ ||
+        ex.body_requested_ || ex.finished_ || phase_ != Phase::kExchange) {
+        return false;
+    }
+    // Finished without a response: nothing is logged or counted here; the adopting server
+    // parses the request again and answers it.
+    ex.finished_ = true;
+    ex.outcome_ = "handed-off";
+    if (evbuffer_get_length(bufferevent_get_output(bev_)) > 0) {
+        // The previous response is still going out: hand off once it has all left.
+        handoff_pending_ = true;
+        bufferevent_setwatermark(bev_, EV_WRITE, 0, 0);
+        bufferevent_disable(bev_, EV_READ);
+        return true;
+    }
+    complete_hand_off();
+    return true;
+}
+
+void Connection::complete_hand_off() {
+    handoff_pending_ = false;
+    evutil_socket_t fd = bufferevent_getfd(bev_);
+    int copy = fd < 0 ? -1 : ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (copy < 0) {
+        close_now("hand-off failed: cannot duplicate the socket");
+        return;
+    }
+    std::string replay = std::move(head_bytes_);
+    head_bytes_.clear();
+    evbuffer* in = bufferevent_get_input(bev_);
+    std::size_t pending = evbuffer_get_length(in);
+    if (pending > 0) {
+        std::size_t at = replay.size();
+        replay.resize(at + pending);
+        evbuffer_copyout(in, replay.data() + at, pending);
+    }
+    close_now("handed off", false);
+    state_.options.on_handoff(copy, std::move(replay), peer_);
+}
+
 void Connection::exchange_abort(Exchange& ex) {
     if (&ex != current_.get()) return;
     close_now("aborted by handler", false);
@@ -777,6 +838,7 @@ void Connection::response_finished(Exchange& ex) {
     }
     // Next request: parsing resumes from the loop, not from inside this (handler) call.
     phase_ = Phase::kHead;
+    head_bytes_.clear();
     first_request_ = false;
     timer_kind_ = Timer::kNone;
     evtimer_del(timer_);
@@ -807,6 +869,10 @@ void Connection::start_linger() {
 void Connection::write_cb(bufferevent*, void* arg) {
     auto* self = static_cast<Connection*>(arg);
     std::size_t pending = evbuffer_get_length(bufferevent_get_output(self->bev_));
+    if (self->handoff_pending_) {
+        if (pending == 0) self->complete_hand_off();
+        return;
+    }
     if (self->phase_ == Phase::kFlushClose) {
         if (pending == 0) self->start_linger();
         return;

@@ -52,6 +52,8 @@ public:
     Connection& operator=(const Connection&) = delete;
 
     void start();
+    // start(), with `replay` already read (a connection handed over by another server).
+    void start_with_input(std::string replay);
     // Server shutdown: close now when idle, otherwise close after the current response.
     void on_server_shutdown();
     // Closes at once. `notify` false: no handler callbacks (server destruction).
@@ -68,6 +70,8 @@ public:
     bool exchange_write(Exchange& ex, evbuffer* data);
     void exchange_finish(Exchange& ex);
     void exchange_abort(Exchange& ex);
+    bool exchange_hand_off(Exchange& ex);
+    void complete_hand_off();
 
     // RequestParser::Callbacks
     void on_request_head(Request&& request) override;
@@ -123,6 +127,8 @@ private:
     bool first_request_ = true;
     bool processing_ = false;
     bool reprocess_ = false;
+    std::string head_bytes_;        // the current request's head as received (on_handoff servers)
+    bool handoff_pending_ = false;  // handed off; waiting for the output to drain
 };
 
 }  // namespace detail

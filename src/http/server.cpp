@@ -97,10 +97,11 @@ Status Server::listen() {
     }
     // With an empty host prefer the IPv6 wildcard when offered (it also takes IPv4 on Linux).
     addrinfo* chosen = res;
+    unsigned flags = LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC;
+    if (state_->options.reuse_port) flags |= LEV_OPT_REUSEABLE_PORT;
     evconnlistener* listener = evconnlistener_new_bind(
-        state_->base, &Server::accept_cb, this,
-        LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, state_->options.backlog,
-        chosen->ai_addr, static_cast<int>(chosen->ai_addrlen));
+        state_->base, &Server::accept_cb, this, flags, state_->options.backlog, chosen->ai_addr,
+        static_cast<int>(chosen->ai_addrlen));
     int err = errno;
     freeaddrinfo(res);
     if (listener == nullptr) {
@@ -119,6 +120,24 @@ Status Server::listen() {
     }
     spdlog::info("http: listening on {} (port {})", addr, port_);
     return {};
+}
+
+void Server::adopt(int fd, std::string replay, std::string peer) {
+    State& st = *state_;
+    if (st.shutting_down || st.connections.size() >= st.options.limits.max_connections ||
+        st.options.tls != nullptr) {
+        evutil_closesocket(fd);
+        return;
+    }
+    bufferevent* bev = bufferevent_socket_new(st.base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (bev == nullptr) {
+        evutil_closesocket(fd);
+        return;
+    }
+    auto conn = std::make_unique<detail::Connection>(st, bev, std::move(peer), false);
+    detail::Connection* raw = conn.get();
+    st.connections.emplace(raw, std::move(conn));
+    raw->start_with_input(std::move(replay));
 }
 
 void Server::accept_cb(evconnlistener*, evutil_socket_t fd, sockaddr* addr, int, void* arg) {

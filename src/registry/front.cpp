@@ -157,6 +157,99 @@ private:
     bool done_ = false;
 };
 
+HeaderList blob_headers(std::string_view digest) {
+    HeaderList h = api_headers();
+    h.emplace_back("Content-Type", "application/octet-stream");
+    h.emplace_back("Docker-Content-Digest", std::string(digest));
+    h.emplace_back("ETag", "\"" + std::string(digest) + "\"");
+    h.emplace_back("Accept-Ranges", "bytes");
+    h.emplace_back("Cache-Control", "max-age=31536000");
+    return h;
+}
+
+// Answers a GET of a cached (or filling) blob, honouring `range`. `open(offset, len)` opens the
+// reader: Cache::open_reader on the loop, Cache::open_complete_reader on a hit worker.
+template <typename Open>
+void respond_from_cache(const std::shared_ptr<Exchange>& ex, const std::string& digest,
+                        const std::string& range, Open open) {
+    auto whole = open(0, std::nullopt);
+    if (!whole) {
+        if (whole.error().code == cache::kErrNotFound)
+            return send_error(*ex, 404, "BLOB_UNKNOWN", "blob unknown to registry");
+        return send_error(*ex, 503, "UNAVAILABLE", whole.error().message);
+    }
+    std::optional<std::uint64_t> size = (*whole)->blob_size();
+    std::optional<ByteSpan> span;
+    if (size && !range.empty()) {
+        auto pr = parse_range(range, *size);
+        if (!pr) {
+            HeaderList h = api_headers();
+            h.emplace_back("Content-Range", "bytes */" + std::to_string(*size));
+            h.emplace_back("Content-Type", "application/json");
+            ex->respond(416, std::move(h),
+                        http::registry_error_body("RANGE_INVALID", "range not satisfiable"));
+            return;
+        }
+        span = *pr;
+    }
+    std::unique_ptr<cache::BlobReader> reader;
+    if (span) {
+        auto rr = open(span->first, std::optional<std::uint64_t>(span->last - span->first + 1));
+        if (!rr) return send_error(*ex, 503, "UNAVAILABLE", rr.error().message);
+        reader = std::move(*rr);
+    } else {
+        reader = std::move(*whole);
+    }
+    HeaderList h = blob_headers(digest);
+    if (span) {
+        h.emplace_back("Content-Range", "bytes " + std::to_string(span->first) + "-" +
+                                            std::to_string(span->last) + "/" +
+                                            std::to_string(*size));
+        ex->send_head(206, std::move(h), span->last - span->first + 1);
+    } else {
+        ex->send_head(200, std::move(h), size);
+    }
+    std::make_shared<BlobStreamer>(ex, std::move(reader))->start();
+}
+
+}  // namespace
+
+http::Handler make_hit_handler(cache::Cache& cache) {
+    return [&cache](std::shared_ptr<Exchange> ex) {
+        const http::Request& req = ex->request();
+        if (req.method == "GET" || req.method == "HEAD") {
+            auto route = parse_route(req.path);
+            if (route && route->endpoint == Endpoint::blob) {
+                const std::string& digest = route->reference;
+                auto whole = cache.open_complete_reader(digest, 0, std::nullopt);
+                if (whole) {
+                    ex->set_outcome("hit");
+                    outcome_counter("blob", "hit").inc();
+                    static metrics::Counter& served = metrics::global().counter(
+                        "drayage_http_worker_hits_total",
+                        "Cache hits served by hit workers (http.workers), not the main loop.");
+                    served.inc();
+                    if (req.method == "HEAD") {
+                        ex->send_head(200, blob_headers(digest), (*whole)->blob_size());
+                        return ex->finish();
+                    }
+                    whole->reset();  // respond_from_cache opens its own, for the range
+                    return respond_from_cache(
+                        ex, digest, std::string(req.header("Range")),
+                        [&cache, &digest](std::uint64_t off, std::optional<std::uint64_t> len) {
+                            return cache.open_complete_reader(digest, off, len);
+                        });
+                }
+            }
+        }
+        // Everything else (misses, fills, manifests, pushes, errors) is the main loop's.
+        if (!ex->hand_off())
+            send_error(*ex, 503, "UNAVAILABLE", "request could not be handed over");
+    };
+}
+
+namespace {
+
 // ---------------------------------------------------------------------------------------------
 // The upstream registry as an origin.
 class UpstreamOrigin final : public BlobOrigin {
@@ -703,16 +796,6 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
     }
 
     // ----- blobs -----------------------------------------------------------------------------
-    static HeaderList blob_headers(std::string_view digest) {
-        HeaderList h = api_headers();
-        h.emplace_back("Content-Type", "application/octet-stream");
-        h.emplace_back("Docker-Content-Digest", std::string(digest));
-        h.emplace_back("ETag", "\"" + std::string(digest) + "\"");
-        h.emplace_back("Accept-Ranges", "bytes");
-        h.emplace_back("Cache-Control", "max-age=31536000");
-        return h;
-    }
-
     void serve_blob(const std::shared_ptr<Exchange>& ex, const Route& r) {
         if (deps.auth) {
             auto self = shared_from_this();
@@ -774,44 +857,9 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
     // Serves from a complete or filling blob; `range` is the client's Range header.
     void stream_from_cache(const std::shared_ptr<Exchange>& ex, const std::string& digest,
                            const std::string& range) {
-        auto whole = deps.cache->open_reader(digest, 0, std::nullopt);
-        if (!whole) {
-            if (whole.error().code == cache::kErrNotFound)
-                return send_error(*ex, 404, "BLOB_UNKNOWN", "blob unknown to registry");
-            return send_error(*ex, 503, "UNAVAILABLE", whole.error().message);
-        }
-        std::optional<std::uint64_t> size = (*whole)->blob_size();
-        std::optional<ByteSpan> span;
-        if (size && !range.empty()) {
-            auto pr = parse_range(range, *size);
-            if (!pr) {
-                HeaderList h = api_headers();
-                h.emplace_back("Content-Range", "bytes */" + std::to_string(*size));
-                h.emplace_back("Content-Type", "application/json");
-                ex->respond(416, std::move(h),
-                            http::registry_error_body("RANGE_INVALID", "range not satisfiable"));
-                return;
-            }
-            span = *pr;
-        }
-        std::unique_ptr<cache::BlobReader> reader;
-        if (span) {
-            auto rr = deps.cache->open_reader(digest, span->first, span->last - span->first + 1);
-            if (!rr) return send_error(*ex, 503, "UNAVAILABLE", rr.error().message);
-            reader = std::move(*rr);
-        } else {
-            reader = std::move(*whole);
-        }
-        HeaderList h = blob_headers(digest);
-        if (span) {
-            h.emplace_back("Content-Range", "bytes " + std::to_string(span->first) + "-" +
-                                                std::to_string(span->last) + "/" +
-                                                std::to_string(*size));
-            ex->send_head(206, std::move(h), span->last - span->first + 1);
-        } else {
-            ex->send_head(200, std::move(h), size);
-        }
-        std::make_shared<BlobStreamer>(ex, std::move(reader))->start();
+        respond_from_cache(ex, digest, range, [this, &digest](std::uint64_t off, auto len) {
+            return deps.cache->open_reader(digest, off, len);
+        });
     }
 
     void join_or_start_miss(const std::shared_ptr<Exchange>& ex, const Route& r) {

@@ -8,6 +8,7 @@ in the upstream's access log).
 import concurrent.futures
 import hashlib
 import pathlib
+import socket
 import time
 
 import pytest
@@ -246,3 +247,76 @@ def test_upstream_down_serves_cached_and_fails_fast_otherwise(tmp_path, drayage_
     r = requests.get(f"{d.url}/v2/e2e/other/blobs/{other.layers[0].digest}", timeout=30)
     assert r.status_code == 503
     assert r.json()["errors"][0]["code"] == "UNAVAILABLE"
+
+
+def metric_value(d, name: str) -> float:
+    total = 0.0
+    for line in requests.get(f"{d.url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.mark.parametrize("workers", [0, 1, 3])
+def test_hit_workers_serve_hits_and_hand_everything_else_to_the_main_loop(upstream,
+                                                                          drayage_factory,
+                                                                          workers):
+    """http.workers: connections land on any loop (SO_REUSEPORT); a worker serves complete hits
+    and hands any other request, with its connection, to the main loop, also right after a
+    large hit on a kept-alive connection whose response may still be going out."""
+    cfg = mirror_config(upstream.url)
+    cfg["http"] = {"workers": workers}
+    d = drayage_factory(cfg, name=f"workers-{workers}")
+    image = upstream.skopeo_image
+    small, mid = image.layers[0], image.layers[1]
+    blob_url = lambda layer: f"{d.url}/v2/e2e/skopeo/blobs/{layer.digest}"  # noqa: E731
+    mid_body = mid.path.read_bytes()
+    # Cold: whichever loop the connection lands on, the miss is filled by the main loop.
+    assert requests.get(blob_url(mid), timeout=60).content == mid_body
+
+    def session_round(i: int) -> None:
+        with requests.Session() as s:  # one kept-alive connection per round
+            r = s.get(blob_url(mid), timeout=60)
+            assert r.status_code == 200 and r.content == mid_body
+            # Not a hit: a worker hands the connection over with this request unanswered.
+            r = s.get(f"{d.url}/v2/e2e/skopeo/manifests/v1",
+                      headers={"Accept": ALL_MANIFESTS}, timeout=60)
+            assert r.status_code == 200, r.text
+            assert r.headers["Docker-Content-Digest"] == image.manifest_digest
+            r = s.get(blob_url(small), timeout=60)  # cold for the first round, then a hit
+            assert r.status_code == 200 and len(r.content) == small.size
+            r = s.get(blob_url(mid), headers={"Range": "bytes=100-199"}, timeout=60)
+            assert r.status_code == 206 and r.content == mid_body[100:200]
+            r = s.head(blob_url(mid), timeout=60)
+            assert r.status_code == 200 and int(r.headers["Content-Length"]) == mid.size
+            r = s.get(f"{d.url}/v2/e2e/skopeo/blobs/sha256:{'0' * 64}", timeout=60)
+            assert r.status_code == 404 and r.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(session_round, range(24)))
+    # Pipelined: a hit, then a manifest behind it in the same packet. On a worker the hand-off
+    # waits until the hit's response has left, then the main loop answers the manifest.
+    manifest_path = "/v2/e2e/skopeo/manifests/v1"
+    for _ in range(16):
+        with socket.create_connection(("127.0.0.1", d.port), timeout=60) as sock:
+            sock.sendall((f"GET /v2/e2e/skopeo/blobs/{mid.digest} HTTP/1.1\r\nHost: x\r\n\r\n"
+                          f"GET {manifest_path} HTTP/1.1\r\nHost: x\r\nAccept: {ALL_MANIFESTS}"
+                          f"\r\nConnection: close\r\n\r\n").encode())
+            data = b""
+            while chunk := sock.recv(1 << 20):
+                data += chunk
+        head, rest = data.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert rest[:mid.size] == mid_body
+        second = rest[mid.size:]
+        assert second.startswith(b"HTTP/1.1 200"), second[:200]
+        assert image.manifest_digest.encode() in second
+    worker_hits = metric_value(d, "drayage_http_worker_hits_total")
+    handoffs = metric_value(d, "drayage_http_handoffs_total")
+    if workers == 0:
+        assert worker_hits == 0 and handoffs == 0
+    else:
+        # 24 connections spread over 1 + workers loops: some land on a worker (2^-24 that none
+        # does with one worker).
+        assert worker_hits > 0 and handoffs > 0, (worker_hits, handoffs)
+    assert d.stop() == 0

@@ -10,7 +10,8 @@
 //   would_block it waits for the on_readable callback.
 //
 // Threads: every method of Cache, CacheFill and BlobReader, and every callback they make, runs on
-// the event loop thread of the event_base passed to open(). The writer thread owns every write
+// the event loop thread of the event_base passed to open(), except open_complete_reader() and
+// the readers it returns. The writer thread owns every write
 // transaction: it takes whatever is queued (group commit, at most max_batch_bytes per txn),
 // hashes fill chunks (sha256, OpenSSL EVP), writes them, evicts to stay under max_size, commits,
 // and wakes the loop through a pipe. Readers copy one chunk at a time out of LMDB in a short read
@@ -218,6 +219,13 @@ public:
     // kErrNotFound: absent. kErrRange: offset past a known end.
     Result<std::unique_ptr<BlobReader>> open_reader(std::string_view digest, std::uint64_t offset,
                                                     std::optional<std::uint64_t> len);
+    // The same for a complete blob only, callable from any thread (the hit workers): the
+    // reader, its reads and its destruction then belong to the calling thread and never touch
+    // the loop's state. kErrNotFound also while the blob is being filled. Readers must still be
+    // destroyed before the Cache.
+    Result<std::unique_ptr<BlobReader>> open_complete_reader(std::string_view digest,
+                                                             std::uint64_t offset,
+                                                             std::optional<std::uint64_t> len);
     // Joins the running fill of `digest` or starts one. Errors: not a sha256 digest; expected size
     // larger than max_size (the caller streams without caching).
     Result<FillHandle> start_or_join_fill(std::string_view digest,

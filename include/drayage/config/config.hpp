@@ -46,8 +46,15 @@ struct TlsConfig {
     std::string key;
 };
 
+// One per CPU beyond the first, at most 7: the default of http.workers.
+int default_http_workers();
+
 struct HttpConfig {
     std::string addr = ":5000";  // [host]:port; empty host means all interfaces
+    // Extra event-loop threads that serve cache hits (blob GET/HEAD) on their own socket of the
+    // same address and hand every other request to the main loop. 0: off. Not used with `auth`
+    // or TLS (the main loop then serves everything).
+    int workers = default_http_workers();
     HttpLimits limits;
     TlsConfig tls;
 };

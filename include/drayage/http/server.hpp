@@ -140,6 +140,13 @@ public:
     void set_outcome(std::string outcome) { outcome_ = std::move(outcome); }
     void set_user(std::string user) { user_ = std::move(user); }
 
+    // --- Hand-off -----------------------------------------------------------------------
+    // Gives the whole connection, with this request unanswered, to ServerOptions::on_handoff
+    // (another server adopts it and parses the request again). Only before anything was sent
+    // or read of the body, on a plain-HTTP server with on_handoff set; returns false otherwise.
+    // Nothing is logged for the request here: the adopting server logs it.
+    bool hand_off();
+
     Exchange(const Exchange&) = delete;
     Exchange& operator=(const Exchange&) = delete;
     ~Exchange();
@@ -191,6 +198,13 @@ struct ServerOptions {
     std::size_t write_low_watermark = 64 * 1024;    // on_writable fires at or below this
     std::size_t read_buffer = 256 * 1024;           // unparsed input held per connection
     int backlog = 511;
+    // Several servers (one per thread) listen on the same address; the kernel spreads new
+    // connections over them.
+    bool reuse_port = false;
+    // Set: Exchange::hand_off() is allowed, and passes the socket (to own and close), the bytes
+    // read from it not yet answered (the request head again, and what followed it), and the
+    // peer's address. Called on this server's thread.
+    std::function<void(int fd, std::string replay, std::string peer)> on_handoff;
 };
 
 class Server {
@@ -214,6 +228,11 @@ public:
     // `done` is called from the event loop once no connection is left. Calling it again only
     // replaces `done`.
     void shutdown(std::chrono::milliseconds grace, std::function<void()> done);
+
+    // Takes a connection another server handed off (ServerOptions::on_handoff): `replay` is
+    // parsed before anything more is read from `fd`. Plain HTTP only. Closes `fd` when shutting
+    // down or at max_connections.
+    void adopt(int fd, std::string replay, std::string peer);
 
 private:
     friend class detail::Connection;

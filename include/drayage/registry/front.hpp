@@ -54,6 +54,13 @@ struct FrontDeps {
     UpstreamAccessCheck* upstream_access = nullptr;
 };
 
+// The handler of a hit worker (`http.workers`): an extra event-loop thread with its own listening
+// socket on the same address. It serves GET and HEAD of blobs complete in the cache itself, using
+// only the part of the cache that is safe from any thread, and hands every other request, with
+// its connection, to the main server (http::Exchange::hand_off). Only for open mirrors over plain
+// HTTP: with `auth` or TLS there are no workers.
+http::Handler make_hit_handler(cache::Cache& cache);
+
 class RegistryFront {
 public:
     explicit RegistryFront(FrontDeps deps);

@@ -1,7 +1,10 @@
 // Cache, CacheFill and BlobReader against both stores, on a real libevent loop and writer thread.
 #include "drayage/cache/cache.hpp"
 
+#include <atomic>
 #include <catch2/catch.hpp>
+#include <thread>
+#include <vector>
 
 #include "support.hpp"
 
@@ -515,4 +518,69 @@ TEST_CASE("start_or_join_fill refuses bad digests and blobs larger than the cach
     CHECK_FALSE(cache->start_or_join_fill("sha256:xyz", std::nullopt).ok());
     CHECK(cache->start_or_join_fill(sha256_digest("a"), 2 * 1024 * 1024).error().code ==
           "cache.too_large");
+}
+
+TEST_CASE("complete readers opened on other threads while the loop fills and evicts",
+          "[cache][threads]") {
+    // What the hit workers do: open_complete_reader() and read() on their own threads, beside
+    // fills, hit-count touches and evictions driven from the loop. Under ThreadSanitizer in CI.
+    TempDir dir;
+    Base b;
+    const std::uint64_t max_size = 8 * 1024 * 1024;
+    auto cache = open_cache(b.base, LmdbCache::options(dir, max_size));
+    std::string hot = random_bytes(1024 * 1024 + 3, 40);
+    std::string hot_digest = sha256_digest(hot);
+    REQUIRE(fill_blob(*cache, b.base, hot, hot_digest)->succeeded());
+    // Held throughout: a pinned blob is never evicted, so every reader below must find it.
+    auto pin = cache->open_complete_reader(hot_digest, 0, std::nullopt);
+    REQUIRE(pin.ok());
+
+    std::atomic<bool> stop{false};
+    std::atomic<int> whole_reads{0};
+    std::atomic<int> bad{0};
+    std::vector<std::thread> readers;
+    for (int t = 0; t < 3; ++t) {
+        readers.emplace_back([&, t] {
+            while (!stop.load()) {
+                const std::uint64_t off = static_cast<std::uint64_t>(t) * 1000;
+                auto r = cache->open_complete_reader(hot_digest, off, std::nullopt);
+                if (!r) {
+                    ++bad;
+                    continue;
+                }
+                std::string got;
+                for (;;) {
+                    auto rr = (*r)->read(256 * 1024);
+                    if (rr.kind == K::data) {
+                        got.append(rr.bytes);
+                    } else {
+                        if (rr.kind != K::end) ++bad;
+                        break;
+                    }
+                }
+                if (got != hot.substr(off)) ++bad;
+                ++whole_reads;
+            }
+        });
+    }
+    // Meanwhile the loop fills blobs that push older ones (never the pinned hot one) out.
+    for (int i = 0; i < 12; ++i) {
+        std::string other = random_bytes(1024 * 1024, 100 + static_cast<std::uint64_t>(i));
+        REQUIRE(fill_blob(*cache, b.base, other, sha256_digest(other))->succeeded());
+        CHECK(cache->open_complete_reader(sha256_digest(other), 0, std::nullopt).ok());
+    }
+    while (whole_reads.load() < 30)
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    stop = true;
+    for (auto& th : readers)
+        th.join();
+    CHECK(bad.load() == 0);
+    // A digest being filled is not "complete": open_complete_reader leaves it to the loop.
+    std::string filling = random_bytes(300 * 1024, 7);
+    auto h = cache->start_or_join_fill(sha256_digest(filling), filling.size());
+    REQUIRE(h.ok());
+    CHECK(cache->open_complete_reader(sha256_digest(filling), 0, std::nullopt).error().code ==
+          kErrNotFound);
+    h->fill->fail(drayage::make_error("test", "done"));
+    wait_idle(*cache, b.base);
 }

@@ -84,6 +84,7 @@ const char* const kFull = R"(log:
   file: /var/log/drayage.log
 http:
   addr: 127.0.0.1:5001
+  workers: 5
   limits:
     max_request_line: 4KiB
     max_header_bytes: 32768
@@ -157,6 +158,7 @@ TEST_CASE("every key is read from the file") {
     CHECK(c.log.format == "json");
     CHECK(c.log.file == "/var/log/drayage.log");
     CHECK(c.http.addr == "127.0.0.1:5001");
+    CHECK(c.http.workers == 5);
     CHECK(c.http.limits.max_request_line == 4 * KiB);
     CHECK(c.http.limits.max_header_bytes == 32 * KiB);
     CHECK(c.http.limits.max_headers == 50);
@@ -561,7 +563,7 @@ TEST_CASE("every rendered key can be set from the environment") {
     const std::string text = render_redacted(c);
     std::vector<std::pair<std::string, std::string>> all;
     leaves(YAML::Load(text), "", all);
-    REQUIRE(all.size() == 47);
+    REQUIRE(all.size() == 48);
     Env env;
     for (auto& [path, value] : all) {
         if (value == "<redacted>") {

@@ -1,0 +1,60 @@
+// Hit workers (`http.workers`): extra event-loop threads, each with its own listening socket on
+// http.addr (SO_REUSEPORT, so the kernel spreads new connections over all of them), that serve
+// cache hits themselves and hand every other request's connection to the main loop.
+//
+// Why: one loop thread spends most of its time in the kernel's TCP code when serving small blobs,
+// and a second one doubles what a two-core machine can serve. The main loop keeps everything
+// that has state (fills, origins, pushes, manifests); workers use only the thread-safe part of
+// the cache (Cache::open_complete_reader).
+#pragma once
+
+#include <event2/event.h>
+
+#include <chrono>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "drayage/cache/cache.hpp"
+#include "drayage/http/server.hpp"
+#include "drayage/util/result.hpp"
+
+namespace drayage {
+
+class HitWorkers {
+public:
+    // `main` is the main loop's server (already listening, with reuse_port); `main_base` its loop.
+    HitWorkers(event_base* main_base, http::Server& main, cache::Cache& cache);
+    ~HitWorkers();  // stop() and join
+    HitWorkers(const HitWorkers&) = delete;
+    HitWorkers& operator=(const HitWorkers&) = delete;
+
+    // Starts `count` workers listening with `options` (its addr, limits; reuse_port is set).
+    Status start(int count, http::ServerOptions options);
+    // Graceful: each worker stops accepting and lets its requests finish within `grace`. Returns
+    // at once; the destructor joins. Connections handed off meanwhile go to the main server.
+    void stop(std::chrono::milliseconds grace);
+
+private:
+    struct Worker;
+    static void handoff_cb(evutil_socket_t fd, short what, void* arg);
+
+    event_base* main_base_;
+    http::Server& main_;
+    cache::Cache& cache_;
+    std::vector<std::unique_ptr<Worker>> workers_;
+    // Connections handed to the main loop: queued by workers, adopted on the main loop.
+    struct Handoff {
+        int fd;
+        std::string replay;
+        std::string peer;
+    };
+    std::mutex mu_;
+    std::deque<Handoff> handoffs_;
+    event* handoff_ev_ = nullptr;
+};
+
+}  // namespace drayage
