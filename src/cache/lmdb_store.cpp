@@ -29,7 +29,10 @@
 #include <cstring>
 #include <filesystem>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "drayage/cache/blob_store.hpp"
 #include "store_common.hpp"
@@ -85,6 +88,78 @@ int begin_txn(MDB_env* env, unsigned flags, TxnPtr& out) {
     if (rc == 0) out.reset(t);
     return rc;
 }
+
+// Read transactions for the hot paths (stat, read_chunk: several per cache hit, from the loop and
+// the hit workers), kept reset between uses and renewed: mdb_txn_begin allocates and takes the
+// reader table's lock, mdb_txn_renew does neither (MDB_NOTLS lets any thread renew any of them).
+// A reset transaction holds no snapshot, so it never keeps pages from being reused.
+class ReadPool {
+public:
+    explicit ReadPool(MDB_env* env) : env_(env) {}
+    ~ReadPool() { clear(); }
+    ReadPool(const ReadPool&) = delete;
+    ReadPool& operator=(const ReadPool&) = delete;
+
+    class Lease {
+    public:
+        Lease(ReadPool* pool, MDB_txn* txn) : pool_(pool), txn_(txn) {}
+        Lease(const Lease&) = delete;
+        Lease& operator=(const Lease&) = delete;
+        ~Lease() {
+            if (txn_ != nullptr) pool_->give(txn_);
+        }
+        MDB_txn* get() const { return txn_; }
+
+    private:
+        ReadPool* pool_;
+        MDB_txn* txn_;
+    };
+
+    // 0 and `out` set, or an LMDB error.
+    int take(std::optional<Lease>& out) {
+        MDB_txn* t = nullptr;
+        {
+            std::lock_guard lock(mu_);
+            if (!free_.empty()) {
+                t = free_.back();
+                free_.pop_back();
+            }
+        }
+        if (t != nullptr && mdb_txn_renew(t) != 0) {
+            mdb_txn_abort(t);  // e.g. MDB_MAP_RESIZED: begin afresh below
+            t = nullptr;
+        }
+        if (t == nullptr) {
+            TxnPtr fresh;
+            if (int rc = begin_txn(env_, MDB_RDONLY, fresh); rc != 0) return rc;
+            t = fresh.release();
+        }
+        out.emplace(this, t);
+        return 0;
+    }
+
+    void clear() {
+        std::lock_guard lock(mu_);
+        for (MDB_txn* t : free_)
+            mdb_txn_abort(t);
+        free_.clear();
+    }
+
+private:
+    void give(MDB_txn* t) {
+        mdb_txn_reset(t);
+        std::lock_guard lock(mu_);
+        if (free_.size() < 32) {
+            free_.push_back(t);
+            return;
+        }
+        mdb_txn_abort(t);
+    }
+
+    MDB_env* env_;
+    std::mutex mu_;
+    std::vector<MDB_txn*> free_;
+};
 
 Result<std::optional<BlobMeta>> read_meta(MDB_txn* txn, MDB_dbi dbi, std::string_view digest) {
     MDB_val k = val(digest);
@@ -305,6 +380,7 @@ class LmdbStore final : public BlobStore {
 public:
     ~LmdbStore() override {
         if (env_ == nullptr) return;
+        reads_.reset();
         mdb_env_sync(env_, 1);  // the CLI's writes too; the server checks the result via sync()
         mdb_env_close(env_);
     }
@@ -336,6 +412,7 @@ public:
         int dead = 0;
         mdb_reader_check(env_, &dead);  // reader slots of processes killed mid-read
         if (int rc = mdb_env_get_fd(env_, &fd_); rc != 0) return lmdb_error(rc, "env fd");
+        reads_ = std::make_unique<ReadPool>(env_);
         if (auto st = find_map(); !st) return st;
         MDB_stat st;
         mdb_env_stat(env_, &st);
@@ -374,18 +451,18 @@ public:
     }
 
     Result<std::optional<BlobMeta>> stat(std::string_view digest) override {
-        TxnPtr txn;
-        if (int rc = begin_txn(env_, MDB_RDONLY, txn); rc != 0) return lmdb_error(rc, "read txn");
-        return read_meta(txn.get(), dbi_.meta, digest);
+        std::optional<ReadPool::Lease> txn;
+        if (int rc = reads_->take(txn); rc != 0) return lmdb_error(rc, "read txn");
+        return read_meta(txn->get(), dbi_.meta, digest);
     }
 
     Status read_chunk(std::uint64_t blob_id, std::uint32_t index, std::string& out) override {
-        TxnPtr txn;
-        if (int rc = begin_txn(env_, MDB_RDONLY, txn); rc != 0) return lmdb_error(rc, "read txn");
+        std::optional<ReadPool::Lease> txn;
+        if (int rc = reads_->take(txn); rc != 0) return lmdb_error(rc, "read txn");
         std::string key = chunk_key(blob_id, index);
         MDB_val k = val(key);
         MDB_val v;
-        if (int rc = mdb_get(txn.get(), dbi_.chunks, &k, &v); rc != 0) {
+        if (int rc = mdb_get(txn->get(), dbi_.chunks, &k, &v); rc != 0) {
             return lmdb_error(rc, "reading chunk");
         }
         // Copy and let go of the snapshot: a slow client must never hold a read transaction.
@@ -521,6 +598,7 @@ private:
     }
 
     MDB_env* env_ = nullptr;
+    std::unique_ptr<ReadPool> reads_;
     Dbis dbi_;
     std::string path_;
     std::uint64_t max_size_ = 0;

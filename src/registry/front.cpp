@@ -167,12 +167,13 @@ HeaderList blob_headers(std::string_view digest) {
     return h;
 }
 
-// Answers a GET of a cached (or filling) blob, honouring `range`. `open(offset, len)` opens the
-// reader: Cache::open_reader on the loop, Cache::open_complete_reader on a hit worker.
+// Answers a GET of a cached (or filling) blob, honouring `range`. `whole` is the reader of the
+// whole blob; `open(offset, len)` opens another for a range: Cache::open_reader on the loop,
+// Cache::open_complete_reader on a hit worker.
 template <typename Open>
 void respond_from_cache(const std::shared_ptr<Exchange>& ex, const std::string& digest,
-                        const std::string& range, Open open) {
-    auto whole = open(0, std::nullopt);
+                        const std::string& range, Result<std::unique_ptr<cache::BlobReader>> whole,
+                        Open open) {
     if (!whole) {
         if (whole.error().code == cache::kErrNotFound)
             return send_error(*ex, 404, "BLOB_UNKNOWN", "blob unknown to registry");
@@ -223,19 +224,20 @@ http::Handler make_hit_handler(cache::Cache& cache) {
                 const std::string& digest = route->reference;
                 auto whole = cache.open_complete_reader(digest, 0, std::nullopt);
                 if (whole) {
-                    ex->set_outcome("hit");
-                    outcome_counter("blob", "hit").inc();
+                    // Looked up once: the registry's lookups take a lock, and two loops share it.
+                    static metrics::Counter& hits = outcome_counter("blob", "hit");
                     static metrics::Counter& served = metrics::global().counter(
                         "drayage_http_worker_hits_total",
                         "Cache hits served by hit workers (http.workers), not the main loop.");
+                    ex->set_outcome("hit");
+                    hits.inc();
                     served.inc();
                     if (req.method == "HEAD") {
                         ex->send_head(200, blob_headers(digest), (*whole)->blob_size());
                         return ex->finish();
                     }
-                    whole->reset();  // respond_from_cache opens its own, for the range
                     return respond_from_cache(
-                        ex, digest, std::string(req.header("Range")),
+                        ex, digest, std::string(req.header("Range")), std::move(whole),
                         [&cache, &digest](std::uint64_t off, std::optional<std::uint64_t> len) {
                             return cache.open_complete_reader(digest, off, len);
                         });
@@ -810,9 +812,11 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
         if (!lookup) return send_error(*ex, 500, "UNKNOWN", lookup.error().message);
         if (req.method == "HEAD") return head_blob(ex, r, *lookup);
         if (lookup->presence != cache::Presence::absent) {
-            ex->set_outcome(lookup->presence == cache::Presence::complete ? "hit" : "join");
-            outcome_counter("blob", lookup->presence == cache::Presence::complete ? "hit" : "join")
-                .inc();
+            static metrics::Counter& hits = outcome_counter("blob", "hit");
+            static metrics::Counter& joins = outcome_counter("blob", "join");
+            const bool hit = lookup->presence == cache::Presence::complete;
+            ex->set_outcome(hit ? "hit" : "join");
+            (hit ? hits : joins).inc();
             return stream_from_cache(ex, r.reference, std::string(req.header("Range")));
         }
         join_or_start_miss(ex, r);
@@ -857,9 +861,10 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
     // Serves from a complete or filling blob; `range` is the client's Range header.
     void stream_from_cache(const std::shared_ptr<Exchange>& ex, const std::string& digest,
                            const std::string& range) {
-        respond_from_cache(ex, digest, range, [this, &digest](std::uint64_t off, auto len) {
-            return deps.cache->open_reader(digest, off, len);
-        });
+        respond_from_cache(ex, digest, range, deps.cache->open_reader(digest, 0, std::nullopt),
+                           [this, &digest](std::uint64_t off, std::optional<std::uint64_t> len) {
+                               return deps.cache->open_reader(digest, off, len);
+                           });
     }
 
     void join_or_start_miss(const std::shared_ptr<Exchange>& ex, const Route& r) {
