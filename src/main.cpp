@@ -288,6 +288,7 @@ int serve(const drayage::config::Config& cfg) {
         std::string config_file;
         HitWorkers* workers;
         bool stopping = false;
+        int pending = 0;
     } ctx{base.get(),          &server,   cfg.http.limits.shutdown_grace,
           authenticator.get(), tls.get(), cfg.source_file,
           &hit_workers};
@@ -301,8 +302,14 @@ int serve(const drayage::config::Config& cfg) {
         }
         c->stopping = true;
         spdlog::info("signal {}: shutting down (grace {} ms)", sig, c->grace.count());
-        c->workers->stop(c->grace);
-        c->server->shutdown(c->grace, [c] { event_base_loopexit(c->base, nullptr); });
+        // The loop ends once the main server and every hit worker have let their transfers
+        // finish (or the grace ran out).
+        c->pending = 2;
+        auto one_done = [c] {
+            if (--c->pending == 0) event_base_loopexit(c->base, nullptr);
+        };
+        c->workers->stop(c->grace, one_done);
+        c->server->shutdown(c->grace, one_done);
     };
     auto on_hup = [](evutil_socket_t, short, void* arg) {
         auto* c = static_cast<SignalContext*>(arg);

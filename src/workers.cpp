@@ -12,20 +12,23 @@
 namespace drayage {
 
 struct HitWorkers::Worker {
+    HitWorkers* owner = nullptr;
     event_base* base = nullptr;
     std::unique_ptr<http::Server> server;
     event* stop_ev = nullptr;
-    std::chrono::milliseconds grace{0};
+    std::atomic<long long> grace_ms{0};
+    bool stopping = false;  // worker thread only
     std::thread thread;
 };
 
 HitWorkers::HitWorkers(event_base* main_base, http::Server& main, cache::Cache& cache)
     : main_base_(main_base), main_(main), cache_(cache) {
     handoff_ev_ = event_new(main_base_, -1, 0, &HitWorkers::handoff_cb, this);
+    stopped_ev_ = event_new(main_base_, -1, 0, &HitWorkers::stopped_cb, this);
 }
 
 HitWorkers::~HitWorkers() {
-    stop(std::chrono::milliseconds(0));
+    request_stop(std::chrono::milliseconds(0));
     for (auto& w : workers_) {
         if (w->thread.joinable()) w->thread.join();
         w->server.reset();  // closes what is left, before the loop goes
@@ -33,6 +36,7 @@ HitWorkers::~HitWorkers() {
         event_base_free(w->base);
     }
     event_free(handoff_ev_);
+    event_free(stopped_ev_);
     for (Handoff& h : handoffs_)
         ::close(h.fd);
 }
@@ -57,15 +61,25 @@ Status HitWorkers::start(int count, http::ServerOptions options) {
             return st;
         }
         Worker* raw = w.get();
+        raw->owner = this;
         w->stop_ev = event_new(
             w->base, -1, 0,
             [](evutil_socket_t, short, void* arg) {
                 auto* self = static_cast<Worker*>(arg);
-                self->server->shutdown(self->grace,
-                                       [self] { event_base_loopexit(self->base, nullptr); });
+                const bool first = !self->stopping;
+                self->stopping = true;
+                // A second request (the destructor's, grace 0) only shortens the grace.
+                self->server->shutdown(std::chrono::milliseconds(self->grace_ms.load()),
+                                       [self, first] {
+                                           event_base_loopexit(self->base, nullptr);
+                                           if (first && --self->owner->running_ == 0) {
+                                               event_active(self->owner->stopped_ev_, EV_READ, 0);
+                                           }
+                                       });
             },
             raw);
         workers_.push_back(std::move(w));
+        ++running_;
     }
     // Signals belong to the main loop: the workers run with all of them blocked.
     sigset_t all;
@@ -84,12 +98,26 @@ Status HitWorkers::start(int count, http::ServerOptions options) {
     return {};
 }
 
-void HitWorkers::stop(std::chrono::milliseconds grace) {
+void HitWorkers::stop(std::chrono::milliseconds grace, std::function<void()> done) {
+    if (running_.load() == 0) {
+        if (done) done();
+        return;
+    }
+    on_stopped_ = std::move(done);
+    request_stop(grace);
+}
+
+void HitWorkers::request_stop(std::chrono::milliseconds grace) {
     for (auto& w : workers_) {
         if (!w->thread.joinable()) continue;
-        w->grace = grace;
+        w->grace_ms = grace.count();
         event_active(w->stop_ev, EV_READ, 0);
     }
+}
+
+void HitWorkers::stopped_cb(evutil_socket_t, short, void* arg) {
+    auto* self = static_cast<HitWorkers*>(arg);
+    if (auto done = std::move(self->on_stopped_)) done();
 }
 
 void HitWorkers::handoff_cb(evutil_socket_t, short, void* arg) {

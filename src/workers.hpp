@@ -10,8 +10,10 @@
 
 #include <event2/event.h>
 
+#include <atomic>
 #include <chrono>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -34,13 +36,17 @@ public:
 
     // Starts `count` workers listening with `options` (its addr, limits; reuse_port is set).
     Status start(int count, http::ServerOptions options);
-    // Graceful: each worker stops accepting and lets its requests finish within `grace`. Returns
-    // at once; the destructor joins. Connections handed off meanwhile go to the main server.
-    void stop(std::chrono::milliseconds grace);
+    // Graceful: each worker stops accepting and lets its requests finish within `grace`;
+    // `done` runs on the main loop once every worker's server has finished (at once without
+    // workers). Returns at once; the destructor joins. Connections handed off meanwhile go to the
+    // main server (which is shutting down too, so it closes them).
+    void stop(std::chrono::milliseconds grace, std::function<void()> done);
 
 private:
     struct Worker;
     static void handoff_cb(evutil_socket_t fd, short what, void* arg);
+    static void stopped_cb(evutil_socket_t fd, short what, void* arg);
+    void request_stop(std::chrono::milliseconds grace);
 
     event_base* main_base_;
     http::Server& main_;
@@ -55,6 +61,10 @@ private:
     std::mutex mu_;
     std::deque<Handoff> handoffs_;
     event* handoff_ev_ = nullptr;
+    // Workers whose server has not finished shutting down; the last one wakes stopped_ev_.
+    std::atomic<int> running_{0};
+    event* stopped_ev_ = nullptr;
+    std::function<void()> on_stopped_;
 };
 
 }  // namespace drayage

@@ -8,6 +8,7 @@ in the upstream's access log).
 import concurrent.futures
 import hashlib
 import pathlib
+import signal
 import socket
 import time
 
@@ -320,3 +321,38 @@ def test_hit_workers_serve_hits_and_hand_everything_else_to_the_main_loop(upstre
         # does with one worker).
         assert worker_hits > 0 and handoffs > 0, (worker_hits, handoffs)
     assert d.stop() == 0
+
+
+def test_sigterm_lets_transfers_on_hit_workers_finish(upstream, drayage_factory):
+    """SIGTERM: the process exits only after the transfers in flight on every loop (the main one
+    and the hit workers) have finished."""
+    cfg = mirror_config(upstream.url)
+    cfg["http"] = {"workers": 3}
+    d = drayage_factory(cfg, name="workers-sigterm")
+    mid = upstream.skopeo_image.layers[1]
+    body = mid.path.read_bytes()
+    path = f"/v2/e2e/skopeo/blobs/{mid.digest}"
+    assert requests.get(d.url + path, timeout=60).content == body  # cached now
+    socks = []
+    for _ in range(6):  # over 4 loops: some land on workers
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)  # keeps the server waiting
+        s.connect(("127.0.0.1", d.port))
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        socks.append(s)
+    time.sleep(0.3)
+    d.signal(signal.SIGTERM)
+    for s in socks:
+        data = b""
+        s.settimeout(60)
+        while len(data) < mid.size + 200:
+            time.sleep(0.002)  # a slow reader: the transfer outlasts the signal
+            chunk = s.recv(64 * 1024)
+            if not chunk:
+                break
+            data += chunk
+        s.close()
+        head, rest = data.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 200")
+        assert rest == body
+    assert d.proc.wait(timeout=30) == 0
