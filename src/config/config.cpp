@@ -32,6 +32,7 @@
 #include <variant>
 
 #include "drayage/config/size.hpp"
+#include "drayage/util/text.hpp"
 
 extern char** environ;
 
@@ -304,13 +305,7 @@ constexpr std::array<std::string_view, 3> kReservedEnv{"DRAYAGE_BUILD_DIR", "DRA
 
 // ---- small helpers -------------------------------------------------------------------------
 
-std::string lower(std::string_view s) {
-    std::string out(s);
-    for (char& c : out) {
-        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    }
-    return out;
-}
+using text::ascii_lower;
 
 std::string quoted(std::string_view s) {
     return "\"" + std::string(s) + "\"";
@@ -349,7 +344,7 @@ std::size_t edit_distance(std::string_view a, std::string_view b) {
 // The known key or section path closest to `path` (case-insensitively), if it is close. With
 // `env_style`, `path` is spelt with '_' for '.' (from a variable name) and so are candidates.
 std::string suggestion(std::string_view path, bool env_style = false) {
-    const std::string want = lower(path);
+    const std::string want = ascii_lower(path);
     std::string best;
     std::size_t best_distance = 3;  // more than two edits away is not a typo
     auto consider = [&](std::string_view candidate) {
@@ -376,7 +371,7 @@ bool parse_bool(std::string_view text, bool& out) {
     // YAML 1.1 spellings plus Go's strconv.ParseBool ones (Distribution reads env strings so).
     static constexpr std::array<std::string_view, 6> kTrue{"true", "yes", "on", "1", "t", "y"};
     static constexpr std::array<std::string_view, 6> kFalse{"false", "no", "off", "0", "f", "n"};
-    const std::string v = lower(text);
+    const std::string v = ascii_lower(text);
     if (std::find(kTrue.begin(), kTrue.end(), v) != kTrue.end()) {
         out = true;
         return true;
@@ -507,7 +502,7 @@ std::string check_addr(std::string_view v) {
 // "http(s)://host[:port][/path]"; `scheme_optional` for regionendpoint, which the AWS SDK
 // completes with https:// or http:// from `secure`.
 std::string check_http_url(std::string_view v, bool scheme_optional) {
-    const std::string low = lower(v);
+    const std::string low = ascii_lower(v);
     std::string_view rest = v;
     if (low.starts_with("http://")) {
         rest.remove_prefix(7);
@@ -816,9 +811,9 @@ private:
         if (text == nullptr) {
             return {};  // default stays
         }
-        const std::string want = lower(*text);
+        const std::string want = ascii_lower(*text);
         for (std::string_view allowed : k.allowed) {
-            if (lower(allowed) == want) {
+            if (ascii_lower(allowed) == want) {
                 k.field(config_) = std::string(allowed);
                 return {};
             }
@@ -976,7 +971,7 @@ private:
                     }
                 }
                 std::string msg = name + ": no configuration key has this name";
-                const std::string guess = lower(name.substr(kEnvPrefix.size()));
+                const std::string guess = ascii_lower(name.substr(kEnvPrefix.size()));
                 if (const std::string near = suggestion(guess, true); !near.empty()) {
                     msg += "; did you mean " + env_name(near) + "?";
                 }

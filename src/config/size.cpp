@@ -10,6 +10,8 @@
 #include <limits>
 #include <string>
 
+#include "drayage/util/text.hpp"
+
 namespace drayage::config {
 namespace {
 
@@ -20,27 +22,7 @@ constexpr std::uint64_t kMax = std::numeric_limits<std::uint64_t>::max();
 bool is_digit(char c) {
     return c >= '0' && c <= '9';
 }
-bool is_blank(char c) {
-    return c == ' ' || c == '\t';
-}
-
-std::string_view trim(std::string_view s) {
-    while (!s.empty() && is_blank(s.front())) {
-        s.remove_prefix(1);
-    }
-    while (!s.empty() && is_blank(s.back())) {
-        s.remove_suffix(1);
-    }
-    return s;
-}
-
-std::string lower(std::string_view s) {
-    std::string out(s);
-    for (char& c : out) {
-        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    }
-    return out;
-}
+using text::ascii_lower;
 
 std::string quoted(std::string_view s) {
     return "\"" + std::string(s) + "\"";
@@ -143,7 +125,7 @@ Error duration_error(std::string message) {
 }  // namespace
 
 Result<std::uint64_t> parse_size(std::string_view text) {
-    std::string_view s = trim(text);
+    std::string_view s = text::trim_ows(text);
     if (s.empty()) {
         return size_error("empty size");
     }
@@ -156,12 +138,12 @@ Result<std::uint64_t> parse_size(std::string_view text) {
         return size_error(overflow ? quoted(text) + " is larger than 2^64-1 bytes"
                                    : quoted(text) + " does not start with a number");
     }
-    s = trim(s);
+    s = text::trim_ows(s);
     std::uint64_t factor = 0;
     if (s.empty()) {
         factor = 1;
     } else {
-        const std::string unit = lower(s);
+        const std::string unit = ascii_lower(s);
         for (const Unit& u : kSizeUnits) {
             if (u.name == unit) {
                 factor = u.factor;
@@ -183,7 +165,7 @@ Result<std::uint64_t> parse_size(std::string_view text) {
 }
 
 Result<std::chrono::milliseconds> parse_duration(std::string_view text) {
-    std::string_view s = trim(text);
+    std::string_view s = text::trim_ows(text);
     if (s.empty()) {
         return duration_error("empty duration");
     }
@@ -204,11 +186,11 @@ Result<std::chrono::milliseconds> parse_duration(std::string_view text) {
         while (n < s.size() && std::isalpha(static_cast<unsigned char>(s[n]))) {
             ++n;
         }
-        const std::string unit = lower(s.substr(0, n));
+        const std::string unit = ascii_lower(s.substr(0, n));
         s.remove_prefix(n);
         std::uint64_t factor = 0;
         if (unit.empty()) {
-            if (!plain || !trim(s).empty()) {
+            if (!plain || !text::trim_ows(s).empty()) {
                 return duration_error(quoted(text) + ": every number needs a unit (h, m, s, ms)");
             }
             factor = 1000;
@@ -234,7 +216,7 @@ Result<std::chrono::milliseconds> parse_duration(std::string_view text) {
             total_ms > kLimit) {
             return duration_error(quoted(text) + " is too long");
         }
-        s = trim(s);
+        s = text::trim_ows(s);
     }
     return std::chrono::milliseconds(static_cast<long>(total_ms));
 }

@@ -10,10 +10,6 @@ RequestParser& self(http_parser* p) {
     return *static_cast<RequestParser*>(p->data);
 }
 
-char lower(char c) {
-    return static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-}
-
 // RFC 9110 tchar. http-parser in its default (non-strict) build lets spaces into field names,
 // so "Content-Length : 5" would frame a body that our own header scan cannot see.
 bool is_token(std::string_view s) {
@@ -26,14 +22,6 @@ bool is_token(std::string_view s) {
         }
     }
     return true;
-}
-
-std::string_view trim(std::string_view s) {
-    while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
-        s.remove_prefix(1);
-    while (!s.empty() && (s.back() == ' ' || s.back() == '\t'))
-        s.remove_suffix(1);
-    return s;
 }
 
 // Splits the request-target into path and query. Absolute-form ("http://host/p?q", which
@@ -53,11 +41,6 @@ void split_target(const std::string& target, std::string& path, std::string& que
 }
 
 }  // namespace
-
-bool iequals(std::string_view a, std::string_view b) {
-    return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(),
-                                              [](char x, char y) { return lower(x) == lower(y); });
-}
 
 std::string_view Request::header(std::string_view name) const {
     for (const auto& [k, v] : headers) {
@@ -236,7 +219,7 @@ int RequestParser::headers_complete() {
     bool unknown_coding = false;
     for (auto& [name, value] : headers_) {
         if (!is_token(name)) return fail(400, "invalid header field name");
-        value = std::string(trim(value));
+        value = std::string(text::trim_ows(value));
         if (iequals(name, "host")) {
             ++hosts;
         } else if (iequals(name, "content-length")) {
@@ -246,7 +229,7 @@ int RequestParser::headers_complete() {
             std::string_view rest = value;
             while (true) {
                 std::size_t comma = rest.find(',');
-                std::string_view coding = trim(rest.substr(0, comma));
+                std::string_view coding = text::trim_ows(rest.substr(0, comma));
                 if (!coding.empty()) {
                     if (iequals(coding, "chunked")) {
                         ++chunked_count;

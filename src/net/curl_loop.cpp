@@ -12,16 +12,13 @@
 #include <map>
 #include <set>
 
+#include "drayage/util/text.hpp"
+
 namespace drayage::net {
 
 namespace {
 
-bool iequals(std::string_view a, std::string_view b) {
-    return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-               return std::tolower(static_cast<unsigned char>(x)) ==
-                      std::tolower(static_cast<unsigned char>(y));
-           });
-}
+using text::iequals;
 
 // curl needs curl_global_init once before any other call; C++ static init makes it once.
 struct CurlGlobal {
@@ -316,13 +313,7 @@ struct HttpCall::Impl {
         if (colon == std::string_view::npos) {
             return len;
         }
-        std::string_view value = line.substr(colon + 1);
-        while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) {
-            value.remove_prefix(1);
-        }
-        while (!value.empty() && (value.back() == ' ' || value.back() == '\t')) {
-            value.remove_suffix(1);
-        }
+        std::string_view value = text::trim_ows(line.substr(colon + 1));
         self->response.headers.emplace_back(std::string(line.substr(0, colon)), std::string(value));
         return len;
     }

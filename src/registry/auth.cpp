@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "drayage/registry/reference.hpp"
+#include "drayage/util/text.hpp"
 
 namespace drayage::registry {
 namespace {
@@ -17,13 +18,6 @@ namespace {
 Error name_invalid(std::string_view name, std::string_view why) {
     return make_error("NAME_INVALID",
                       "repository name \"" + std::string(name) + "\" " + std::string(why), 400);
-}
-
-std::string lower(std::string_view s) {
-    std::string out(s);
-    for (char& c : out)
-        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    return out;
 }
 
 bool is_bcrypt(std::string_view hash) {
@@ -46,7 +40,7 @@ std::string bcrypt(std::string_view password, const std::string& setting) {
 }  // namespace
 
 bool is_docker_hub(std::string_view url) {
-    std::string u = lower(url);
+    std::string u = text::ascii_lower(url);
     for (std::string_view scheme : {"https://", "http://"}) {
         if (u.starts_with(scheme)) u.erase(0, scheme.size());
     }
@@ -64,7 +58,7 @@ Result<std::string> normalize_repository(std::string_view name, bool docker_hub)
     if (name.front() == '/' || name.back() == '/')
         return name_invalid(name, "starts or ends with '/'");
     if (name.find("//") != std::string_view::npos) return name_invalid(name, "contains '//'");
-    std::string n = lower(name);
+    std::string n = text::ascii_lower(name);
     std::string_view rest = n;
     while (!rest.empty()) {
         std::string_view component = rest.substr(0, rest.find('/'));
@@ -117,7 +111,7 @@ AccessPolicy::AccessPolicy(const config::AuthConfig& config, bool docker_hub)
     // Patterns are matched against normalised names, so they are lower-cased; a Docker Hub
     // pattern without '/' means the official image ("busybox" -> "library/busybox").
     auto pattern = [docker_hub](const std::string& p) {
-        std::string out = lower(p);
+        std::string out = text::ascii_lower(p);
         if (docker_hub && out.find('/') == std::string::npos && out.find('*') == std::string::npos)
             out = "library/" + out;
         return out;

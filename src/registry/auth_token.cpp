@@ -428,13 +428,10 @@ std::string Authenticator::realm_for(const http::Request& request) const {
            "/auth/token";
 }
 
-void Authenticator::challenge(http::Exchange& ex, std::string_view scope,
-                              std::string_view message) const {
-    std::string value = "Bearer realm=\"" + realm_for(ex.request()) + "\",service=\"" +
-                        config_.token_service + "\"";
-    if (!scope.empty()) value += ",scope=\"" + std::string(scope) + "\"";
-    http::HeaderList h{{"Docker-Distribution-API-Version", "registry/2.0"},
-                       {"WWW-Authenticate", value}};
+namespace {
+
+// The 401 of both challenges: counted, with a Registry API error body except for HEAD.
+void send_unauthorized(http::Exchange& ex, http::HeaderList h, std::string_view message) {
     metrics::global()
         .counter("drayage_auth_denied_total", "Requests answered 401 by the auth layer.")
         .inc();
@@ -447,19 +444,22 @@ void Authenticator::challenge(http::Exchange& ex, std::string_view scope,
     ex.respond(401, std::move(h), http::registry_error_body("UNAUTHORIZED", message));
 }
 
+}  // namespace
+
+void Authenticator::challenge(http::Exchange& ex, std::string_view scope,
+                              std::string_view message) const {
+    std::string value = "Bearer realm=\"" + realm_for(ex.request()) + "\",service=\"" +
+                        config_.token_service + "\"";
+    if (!scope.empty()) value += ",scope=\"" + std::string(scope) + "\"";
+    http::HeaderList h{{"Docker-Distribution-API-Version", "registry/2.0"},
+                       {"WWW-Authenticate", value}};
+    send_unauthorized(ex, std::move(h), message);
+}
+
 void Authenticator::challenge_basic(http::Exchange& ex, std::string_view message) const {
     http::HeaderList h{{"Docker-Distribution-API-Version", "registry/2.0"},
                        {"WWW-Authenticate", "Basic realm=\"" + config_.token_service + "\""}};
-    metrics::global()
-        .counter("drayage_auth_denied_total", "Requests answered 401 by the auth layer.")
-        .inc();
-    if (ex.request().method == "HEAD") {
-        ex.send_head(401, std::move(h), 0);
-        ex.finish();
-        return;
-    }
-    h.emplace_back("Content-Type", "application/json");
-    ex.respond(401, std::move(h), http::registry_error_body("UNAUTHORIZED", message));
+    send_unauthorized(ex, std::move(h), message);
 }
 
 namespace {

@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "drayage/http/errors.hpp"
+#include "drayage/util/text.hpp"
 
 namespace drayage::registry {
 namespace {
@@ -19,14 +20,6 @@ using http::Exchange;
 // Client body bytes buffered for curl before the client is paused.
 constexpr std::size_t kBodyHighWatermark = 1024 * 1024;
 constexpr std::size_t kBodyLowWatermark = 256 * 1024;
-
-std::string_view trim(std::string_view s) {
-    while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
-        s.remove_prefix(1);
-    while (!s.empty() && (s.back() == ' ' || s.back() == '\t'))
-        s.remove_suffix(1);
-    return s;
-}
 
 std::string connection_tokens(const http::HeaderList& headers) {
     std::string out;
@@ -126,7 +119,7 @@ bool is_hop_by_hop(std::string_view name, std::string_view tokens) {
     }
     while (!tokens.empty()) {
         auto comma = tokens.find(',');
-        std::string_view t = trim(tokens.substr(0, comma));
+        std::string_view t = text::trim_ows(tokens.substr(0, comma));
         if (!t.empty() && http::iequals(name, t)) return true;
         if (comma == std::string_view::npos) break;
         tokens.remove_prefix(comma + 1);

@@ -8,14 +8,15 @@
 #include <utility>
 #include <vector>
 
+#include "drayage/util/text.hpp"
+
 namespace drayage::http {
 
 // Header fields in arrival order, names as sent (compare case-insensitively), values with leading
 // and trailing whitespace removed. Repeated fields stay separate entries.
 using HeaderList = std::vector<std::pair<std::string, std::string>>;
 
-// ASCII case-insensitive equality, the comparison HTTP field names and tokens use.
-bool iequals(std::string_view a, std::string_view b);
+using text::iequals;
 
 struct Request {
     std::string method;  // "GET", "PUT", ... (http-parser only accepts methods it knows)

@@ -8,6 +8,35 @@
 
 namespace drayage::text {
 
+inline char ascii_lower(char c) {
+    return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
+}
+
+inline std::string ascii_lower(std::string_view s) {
+    std::string out(s);
+    for (char& c : out)
+        c = ascii_lower(c);
+    return out;
+}
+
+// ASCII case-insensitive equality, the comparison HTTP field names and tokens use.
+inline bool iequals(std::string_view a, std::string_view b) {
+    if (a.size() != b.size()) return false;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+        if (ascii_lower(a[i]) != ascii_lower(b[i])) return false;
+    }
+    return true;
+}
+
+// Without leading and trailing spaces and tabs (HTTP's optional whitespace, OWS).
+inline std::string_view trim_ows(std::string_view s) {
+    while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
+        s.remove_prefix(1);
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t'))
+        s.remove_suffix(1);
+    return s;
+}
+
 // A non-negative decimal of 1 to 19 digits (so it cannot overflow), nothing else: no sign, no
 // spaces. Used for Range, Content-Range and similar header fields.
 inline bool parse_u64(std::string_view s, std::uint64_t& out) {

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "drayage/registry/upstream_auth.hpp"
+#include "drayage/util/text.hpp"
 
 namespace drayage::registry {
 namespace {
@@ -35,22 +36,7 @@ bool is_token68_char(char c) {
            c == '~' || c == '+' || c == '/';
 }
 
-std::string lower(std::string_view s) {
-    std::string out(s);
-    for (char& c : out)
-        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    return out;
-}
-
-bool iequals(std::string_view a, std::string_view b) {
-    if (a.size() != b.size()) return false;
-    for (std::size_t i = 0; i < a.size(); ++i) {
-        if (std::tolower(static_cast<unsigned char>(a[i])) !=
-            std::tolower(static_cast<unsigned char>(b[i])))
-            return false;
-    }
-    return true;
-}
+using text::iequals;
 
 // A cursor over one field value. Every reader leaves `pos` unchanged when it fails.
 struct Cursor {
@@ -109,7 +95,7 @@ std::vector<AuthChallenge> parse_www_authenticate(std::string_view value) {
         std::string_view scheme = c.token();
         if (scheme.empty()) break;  // junk: keep what we have
         AuthChallenge ch;
-        ch.scheme = lower(scheme);
+        ch.scheme = text::ascii_lower(scheme);
         c.skip_ows();
 
         // token68 ("Negotiate abc==") is one word, optional '=' padding, then ',' or the end;
@@ -157,7 +143,7 @@ std::vector<AuthChallenge> parse_www_authenticate(std::string_view value) {
             } else {
                 v = std::string(c.token());
             }
-            ch.params.emplace_back(lower(name), std::move(v));
+            ch.params.emplace_back(text::ascii_lower(name), std::move(v));
             c.skip_ows();
             if (c.peek() != ',') break;
             // Consume the comma(s); whether the next word is a param or a scheme is decided by

@@ -13,6 +13,7 @@
 
 #include "drayage/registry/upstream_auth.hpp"
 #include "drayage/util/metrics.hpp"
+#include "drayage/util/text.hpp"
 
 namespace drayage::registry {
 namespace {
@@ -60,25 +61,8 @@ std::string url_encode(std::string_view in) {
     return out;
 }
 
-bool parse_u64(std::string_view s, std::uint64_t& out) {
-    if (s.empty() || s.size() > 19) return false;
-    out = 0;
-    for (char c : s) {
-        if (c < '0' || c > '9') return false;
-        out = out * 10 + static_cast<std::uint64_t>(c - '0');
-    }
-    return true;
-}
-
-bool iequals(std::string_view a, std::string_view b) {
-    if (a.size() != b.size()) return false;
-    for (std::size_t i = 0; i < a.size(); ++i) {
-        if (std::tolower(static_cast<unsigned char>(a[i])) !=
-            std::tolower(static_cast<unsigned char>(b[i])))
-            return false;
-    }
-    return true;
-}
+using text::iequals;
+using text::parse_u64;
 
 bool is_2xx(int status) {
     return status >= 200 && status < 300;
