@@ -261,6 +261,8 @@ int serve(const drayage::config::Config& cfg) {
     // carry a TLS session across a hand-off.
     const int workers = (cfg.auth || tls) ? 0 : cfg.http.workers;
     server_options.reuse_port = workers > 0;
+    // One max_connections for the process, however the kernel spreads accepts over the loops.
+    server_options.connection_count = std::make_shared<std::atomic<std::size_t>>(0);
     http::Server server(base.get(), server_options,
                         [&front](std::shared_ptr<http::Exchange> ex) { front.handle(ex); });
     if (auto st = server.listen(); !st) {

@@ -34,7 +34,7 @@ struct ReaderCore : std::enable_shared_from_this<ReaderCore> {
     std::optional<std::uint64_t> req_end;  // offset + len when a len was given
     // One chunk copied out of the store. A new buffer per chunk: the last one may still be
     // queued on a socket (ReadResult::owner).
-    std::shared_ptr<std::string> buf;
+    std::shared_ptr<ChunkBuffer> buf;
     std::int64_t buf_index = -1;
     std::function<void()> callback;
     bool waiting = false;
@@ -74,7 +74,7 @@ struct ReaderCore : std::enable_shared_from_this<ReaderCore> {
     ReadResult from_store(std::uint64_t id, std::uint32_t index, std::uint64_t off,
                           std::uint64_t limit) {
         if (buf_index != static_cast<std::int64_t>(index) || !buf) {
-            buf = std::make_shared<std::string>();
+            buf = std::make_shared<ChunkBuffer>();
             if (auto st = impl->store->read_chunk(id, index, *buf); !st) {
                 buf_index = -1;
                 if (st.error().code == kErrNotFound) {
@@ -89,8 +89,7 @@ struct ReaderCore : std::enable_shared_from_this<ReaderCore> {
             return fail(make_error(kErrStore, "chunk shorter than its blob says: " + digest));
         }
         pos += limit;
-        return ReadResult{
-            ReadResult::Kind::data, std::string_view(*buf).substr(off, limit), buf, {}};
+        return ReadResult{ReadResult::Kind::data, buf->view().substr(off, limit), buf, {}};
     }
 
     ReadResult read(std::size_t max_bytes) {
@@ -138,10 +137,9 @@ struct ReaderCore : std::enable_shared_from_this<ReaderCore> {
         }
         if (index == f.next_index_ && off + limit <= f.tail_.size()) {
             // The chunk being assembled: copy, the source appends to it.
-            buf = std::make_shared<std::string>(f.tail_, off, limit);
-            buf_index = -1;
+            auto copy = std::make_shared<std::string>(f.tail_, off, limit);
             pos += limit;
-            return ReadResult{ReadResult::Kind::data, std::string_view(*buf), buf, {}};
+            return ReadResult{ReadResult::Kind::data, std::string_view(*copy), copy, {}};
         }
         return fail(make_error(kErrStore, "fill bookkeeping lost a chunk of " + digest));
     }

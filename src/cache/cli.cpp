@@ -153,7 +153,7 @@ std::string check_blob(BlobStore& store, const BlobMeta& m) {
     EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr);
     const std::uint64_t cs = store.chunk_size();
     std::uint64_t chunks = (m.size + cs - 1) / cs;
-    std::string buf;
+    ChunkBuffer buf;
     for (std::uint64_t i = 0; i < chunks; ++i) {
         Status st = store.read_chunk(m.blob_id, static_cast<std::uint32_t>(i), buf);
         if (!st) {

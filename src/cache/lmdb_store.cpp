@@ -456,7 +456,7 @@ public:
         return read_meta(txn->get(), dbi_.meta, digest);
     }
 
-    Status read_chunk(std::uint64_t blob_id, std::uint32_t index, std::string& out) override {
+    Status read_chunk(std::uint64_t blob_id, std::uint32_t index, ChunkBuffer& out) override {
         std::optional<ReadPool::Lease> txn;
         if (int rc = reads_->take(txn); rc != 0) return lmdb_error(rc, "read txn");
         std::string key = chunk_key(blob_id, index);
@@ -471,12 +471,11 @@ public:
         if (at < map_ || at + v.mv_size > map_ + map_len_) {
             return make_error(kErrStore, "chunk outside the map of " + path_);
         }
-        out.resize(v.mv_size);
+        char* dst = out.resize(v.mv_size);
         auto off = static_cast<off_t>(at - map_);
         std::size_t done = 0;
         while (done < v.mv_size) {
-            ssize_t n =
-                ::pread(fd_, out.data() + done, v.mv_size - done, off + static_cast<off_t>(done));
+            ssize_t n = ::pread(fd_, dst + done, v.mv_size - done, off + static_cast<off_t>(done));
             if (n < 0 && errno == EINTR) continue;
             if (n <= 0) {
                 return make_error(kErrStore, "reading " + path_ + "/data.mdb: " +

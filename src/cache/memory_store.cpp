@@ -1,6 +1,7 @@
 // The in-memory BlobStore for tests: same contract as the LMDB one, including snapshot reads
 // during a write (a write works on a copy of the state that replaces it at commit) and
 // kErrMapFull once the charged bytes pass the map size the LMDB store would have.
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <set>
@@ -145,7 +146,7 @@ public:
         return std::optional<BlobMeta>{it->second};
     }
 
-    Status read_chunk(std::uint64_t blob_id, std::uint32_t index, std::string& out) override {
+    Status read_chunk(std::uint64_t blob_id, std::uint32_t index, ChunkBuffer& out) override {
         std::shared_ptr<const std::string> c;
         {
             std::lock_guard lock(mu_);
@@ -154,7 +155,7 @@ public:
                 return make_error(kErrNotFound, "reading chunk: not found");
             c = it->second;
         }
-        out.assign(*c);
+        std::memcpy(out.resize(c->size()), c->data(), c->size());
         return {};
     }
 

@@ -9,6 +9,7 @@
 
 #include <ctime>
 #include <exception>
+#include <iterator>
 #include <utility>
 
 #include "drayage/http/errors.hpp"
@@ -172,6 +173,7 @@ Connection::Connection(Server::State& state, bufferevent* bev, std::string peer,
     kick_ = event_new(state_.base, -1, 0, &Connection::kick_cb, this);
     reap_ = event_new(state_.base, -1, 0, &Connection::reap_cb, this);
     state_.open_connections->add(1);
+    ++*state_.options.connection_count;
 }
 
 Connection::~Connection() {
@@ -181,6 +183,7 @@ Connection::~Connection() {
     event_free(reap_);
     if (bev_ != nullptr) bufferevent_free(bev_);
     state_.open_connections->add(-1);
+    --*state_.options.connection_count;
 }
 
 void Connection::start() {
@@ -197,7 +200,11 @@ void Connection::start() {
     // restarts whenever the client takes some bytes.
     timeval send_tv = to_timeval(o.limits.send_timeout);
     bufferevent_set_timeouts(bev_, nullptr, &send_tv);
-    bufferevent_enable(bev_, EV_READ | EV_WRITE);
+    // A TLS bufferevent writes through OpenSSL, so its write event simply stays on. (A new
+    // bufferevent starts write-enabled.)
+    write_armed_ = tls_;
+    bufferevent_enable(bev_, tls_ ? EV_READ | EV_WRITE : EV_READ);
+    if (!tls_) bufferevent_disable(bev_, EV_WRITE);
     update_timer(false);
 }
 
@@ -287,7 +294,13 @@ void Connection::read_cb(bufferevent*, void* arg) {
         evbuffer_drain(in, evbuffer_get_length(in));
         return;
     }
-    self->read_ahead();
+    // libevent sizes its read by FIONREAD: a read short of its cap took all there was.
+    static constexpr std::size_t kLibeventMaxRead = 4096;  // EVBUFFER_MAX_READ in 2.1
+    std::size_t have = evbuffer_get_length(bufferevent_get_input(self->bev_));
+    if (have < self->input_after_process_ ||
+        have - self->input_after_process_ >= kLibeventMaxRead) {
+        self->read_ahead();
+    }
     self->process_input();
 }
 
@@ -344,6 +357,8 @@ void Connection::process_input() {
         process_step();
     } while (reprocess_ && phase_ != Phase::kClosed);
     processing_ = false;
+    input_after_process_ = evbuffer_get_length(bufferevent_get_input(bev_));
+    if (flush_pending_) flush_eagerly();
 }
 
 void Connection::process_step() {
@@ -595,6 +610,37 @@ void Connection::add_output(const char* data, std::size_t len) {
     evbuffer_add(bufferevent_get_output(bev_), data, len);
     state_.bytes_sent->inc(len);
     if (current_) current_->bytes_out_ += len;
+    output_added();
+}
+
+void Connection::output_added() {
+    if (write_armed_) return;
+    if (processing_) {
+        flush_pending_ = true;  // written when processing ends, with whatever else it queues
+        return;
+    }
+    write_armed_ = true;
+    bufferevent_enable(bev_, EV_WRITE);
+}
+
+void Connection::flush_eagerly() {
+    flush_pending_ = false;
+    if (phase_ == Phase::kClosed || write_armed_) return;
+    evbuffer* out = bufferevent_get_output(bev_);
+    if (evbuffer_get_length(out) == 0) return;
+    // bufferevent_sock keeps the output's start frozen outside its own writes; thaw it likewise.
+    evbuffer_unfreeze(out, 1);
+    evbuffer_write_atmost(out, bufferevent_getfd(bev_),
+                          static_cast<ev_ssize_t>(state_.options.write_high_watermark));
+    evbuffer_freeze(out, 1);
+    if (evbuffer_get_length(out) > 0) {
+        // The socket is full, or failed: libevent's write path takes over from here, with the
+        // send timeout, and reports an error through event_cb.
+        write_armed_ = true;
+        bufferevent_enable(bev_, EV_WRITE);
+        return;
+    }
+    output_drained_to(0);
 }
 
 bool Connection::below_high_watermark() const {
@@ -648,7 +694,12 @@ void Connection::exchange_send_head(Exchange& ex, int status, HeaderList headers
             ex.chunked_ = true;
         }
     }
-    std::string head = fmt::format("HTTP/1.1 {} {}\r\n", status, reason_phrase(status));
+    std::size_t room = 160;  // status line, Date, framing and Connection
+    for (const auto& [name, value] : headers)
+        room += name.size() + value.size() + 4;
+    std::string head;
+    head.reserve(room);
+    fmt::format_to(std::back_inserter(head), "HTTP/1.1 {} {}\r\n", status, reason_phrase(status));
     for (const auto& [name, value] : headers) {
         if (is_framing_header(name)) continue;
         head += name;
@@ -661,7 +712,7 @@ void Connection::exchange_send_head(Exchange& ex, int status, HeaderList headers
     head += "\r\n";
     if (!bodiless_status) {
         if (content_length) {
-            head += fmt::format("Content-Length: {}\r\n", *content_length);
+            fmt::format_to(std::back_inserter(head), "Content-Length: {}\r\n", *content_length);
         } else if (ex.chunked_) {
             head += "Transfer-Encoding: chunked\r\n";
         }
@@ -737,6 +788,7 @@ bool Connection::exchange_write(Exchange& ex, evbuffer* data) {
     state_.bytes_sent->inc(len);
     ex.bytes_out_ += len;
     ex.body_sent_ += len;
+    output_added();
     if (ex.chunked_) add_output("\r\n", 2);
     bool ok = below_high_watermark();
     if (!ok) ex.want_writable_ = true;
@@ -819,10 +871,25 @@ void Connection::log_exchange(Exchange& ex, int status) {
     r.outcome = ex.outcome_;
     r.user = ex.user_;
     log::access(r);
-    metrics::global()
-        .counter("drayage_http_requests_total", "HTTP requests by method and status",
-                 {{"method", ex.request_.method}, {"status", std::to_string(status)}})
-        .inc();
+    requests_counter(ex.request_.method, status).inc();
+}
+
+metrics::Counter& Connection::requests_counter(const std::string& method, int status) {
+    // The registry's lookup builds its key and takes a lock; a loop sees few distinct pairs.
+    struct Seen {
+        std::string method;
+        int status;
+        metrics::Counter* counter;
+    };
+    static thread_local std::vector<Seen> seen;
+    for (const Seen& s : seen) {
+        if (s.status == status && s.method == method) return *s.counter;
+    }
+    metrics::Counter& c = metrics::global().counter(
+        "drayage_http_requests_total", "HTTP requests by method and status",
+        {{"method", method}, {"status", std::to_string(status)}});
+    if (seen.size() < 64) seen.push_back(Seen{method, status, &c});
+    return c;
 }
 
 void Connection::response_finished(Exchange& ex) {
@@ -868,17 +935,27 @@ void Connection::start_linger() {
 
 void Connection::write_cb(bufferevent*, void* arg) {
     auto* self = static_cast<Connection*>(arg);
-    std::size_t pending = evbuffer_get_length(bufferevent_get_output(self->bev_));
-    if (self->handoff_pending_) {
-        if (pending == 0) self->complete_hand_off();
+    self->output_drained_to(evbuffer_get_length(bufferevent_get_output(self->bev_)));
+    // libevent has taken its write event off once the output is empty; clear "enabled" too, so
+    // that the next response is written eagerly again.
+    if (self->write_armed_ && !self->tls_ && self->phase_ != Phase::kClosed &&
+        evbuffer_get_length(bufferevent_get_output(self->bev_)) == 0) {
+        self->write_armed_ = false;
+        bufferevent_disable(self->bev_, EV_WRITE);
+    }
+}
+
+void Connection::output_drained_to(std::size_t pending) {
+    if (handoff_pending_) {
+        if (pending == 0) complete_hand_off();
         return;
     }
-    if (self->phase_ == Phase::kFlushClose) {
-        if (pending == 0) self->start_linger();
+    if (phase_ == Phase::kFlushClose) {
+        if (pending == 0) start_linger();
         return;
     }
-    std::shared_ptr<Exchange> ex = self->current_;
-    if (ex && ex->want_writable_ && pending <= self->state_.options.write_low_watermark) {
+    std::shared_ptr<Exchange> ex = current_;
+    if (ex && ex->want_writable_ && pending <= state_.options.write_low_watermark) {
         ex->want_writable_ = false;
         run_callback(*ex, ex->on_writable_, true);
     }

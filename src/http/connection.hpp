@@ -17,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "drayage/http/parser.hpp"
 #include "drayage/http/server.hpp"
@@ -104,8 +105,12 @@ private:
     void arm(Timer kind, config::Millis after);
     void kick();
     void add_output(const char* data, std::size_t len);
+    void output_added();
+    void flush_eagerly();
+    void output_drained_to(std::size_t pending);
     bool below_high_watermark() const;
     void log_exchange(Exchange& ex, int status);
+    static metrics::Counter& requests_counter(const std::string& method, int status);
     void retire(Exchange& ex);
 
     Server::State& state_;
@@ -127,6 +132,12 @@ private:
     bool first_request_ = true;
     bool processing_ = false;
     bool reprocess_ = false;
+    // Plain sockets keep libevent's write event off while nothing is queued: a response made
+    // while input is processed is written once processing ends, and the event is only armed if
+    // the socket did not take it all (saves two epoll_ctl calls per small response).
+    bool write_armed_ = false;
+    bool flush_pending_ = false;
+    std::size_t input_after_process_ = 0;  // input length when process_input() last returned
     std::string head_bytes_;        // the current request's head as received (on_handoff servers)
     bool handoff_pending_ = false;  // handed off; waiting for the output to drain
 };

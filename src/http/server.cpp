@@ -47,6 +47,8 @@ Server::Server(event_base* base, ServerOptions options, Handler handler)
     state_->server = this;
     state_->base = base;
     state_->options = std::move(options);
+    if (!state_->options.connection_count)
+        state_->options.connection_count = std::make_shared<std::atomic<std::size_t>>(0);
     state_->handler = std::move(handler);
     auto& m = metrics::global();
     state_->bytes_received = &m.counter("drayage_http_bytes_received_total",
@@ -124,8 +126,8 @@ Status Server::listen() {
 
 void Server::adopt(int fd, std::string replay, std::string peer) {
     State& st = *state_;
-    if (st.shutting_down || st.connections.size() >= st.options.limits.max_connections ||
-        st.options.tls != nullptr) {
+    // No max_connections check: the connection was admitted (and counted) where it was accepted.
+    if (st.shutting_down || st.options.tls != nullptr) {
         evutil_closesocket(fd);
         return;
     }
@@ -143,7 +145,7 @@ void Server::adopt(int fd, std::string replay, std::string peer) {
 void Server::accept_cb(evconnlistener*, evutil_socket_t fd, sockaddr* addr, int, void* arg) {
     auto* self = static_cast<Server*>(arg);
     State& st = *self->state_;
-    if (st.shutting_down || st.connections.size() >= st.options.limits.max_connections) {
+    if (st.shutting_down || *st.options.connection_count >= st.options.limits.max_connections) {
         // Closed without a word: clients treat it as a transport error and try the next mirror.
         evutil_closesocket(fd);
         metrics::global()

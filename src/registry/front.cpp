@@ -122,11 +122,11 @@ private:
     bool write(const cache::ReadResult& r) {
         if (!r.owner) return ex_->write(r.bytes);
         if (!piece_) piece_.reset(evbuffer_new());
-        auto* keep = new std::shared_ptr<const std::string>(r.owner);
+        auto* keep = new std::shared_ptr<const void>(r.owner);
         if (evbuffer_add_reference(
                 piece_.get(), r.bytes.data(), r.bytes.size(),
                 [](const void*, std::size_t, void* arg) {
-                    delete static_cast<std::shared_ptr<const std::string>*>(arg);
+                    delete static_cast<std::shared_ptr<const void>*>(arg);
                 },
                 keep) != 0) {
             delete keep;
@@ -158,7 +158,9 @@ private:
 };
 
 HeaderList blob_headers(std::string_view digest) {
-    HeaderList h = api_headers();
+    HeaderList h;
+    h.reserve(6);
+    h.emplace_back("Docker-Distribution-API-Version", "registry/2.0");
     h.emplace_back("Content-Type", "application/octet-stream");
     h.emplace_back("Docker-Content-Digest", std::string(digest));
     h.emplace_back("ETag", "\"" + std::string(digest) + "\"");

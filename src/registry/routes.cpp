@@ -25,15 +25,20 @@ Status check_name(std::string_view name) {
     return {};
 }
 
-// Splits "<name>/<marker>/<rest>" at the last occurrence of "/<marker>/".
+// Splits "<name>/<marker>/<rest>" at the last occurrence of "/<marker>/". Walks the slashes
+// from the right: string_view::rfind of a needle compares at every position.
 bool split_last(std::string_view s, std::string_view marker, std::string_view& name,
                 std::string_view& rest) {
-    std::string needle = "/" + std::string(marker) + "/";
-    auto pos = s.rfind(needle);
-    if (pos == std::string_view::npos || pos == 0) return false;
-    name = s.substr(0, pos);
-    rest = s.substr(pos + needle.size());
-    return true;
+    for (std::size_t end = s.rfind('/'); end != std::string_view::npos && end > marker.size();
+         end = s.rfind('/', end - 1)) {
+        std::size_t start = end - marker.size();
+        if (s[start - 1] != '/' || s.compare(start, marker.size(), marker) != 0) continue;
+        if (start == 1) return false;  // "/<marker>/..." has no name
+        name = s.substr(0, start - 1);
+        rest = s.substr(end + 1);
+        return true;
+    }
+    return false;
 }
 
 }  // namespace
@@ -48,7 +53,9 @@ Result<Route> parse_route(std::string_view path) {
 
     // Uploads first: "/blobs/uploads/" also contains "/blobs/".
     constexpr std::string_view kUploads = "/blobs/uploads";
-    if (auto pos = s.rfind(kUploads); pos != std::string_view::npos && pos > 0) {
+    auto pos =
+        s.find(kUploads) == std::string_view::npos ? std::string_view::npos : s.rfind(kUploads);
+    if (pos != std::string_view::npos && pos > 0) {
         std::string_view after = s.substr(pos + kUploads.size());
         if (after.empty() || after[0] == '/') {
             std::string_view n = s.substr(0, pos);

@@ -356,3 +356,64 @@ def test_sigterm_lets_transfers_on_hit_workers_finish(upstream, drayage_factory)
         assert head.startswith(b"HTTP/1.1 200")
         assert rest == body
     assert d.proc.wait(timeout=30) == 0
+
+
+def test_max_connections_counts_the_connections_of_every_loop(upstream, drayage_factory):
+    """http.limits.max_connections is one limit for the process: with hit workers, connections
+    beyond it are closed at accept whichever loop the kernel hands them to."""
+    cfg = mirror_config(upstream.url)
+    cfg["http"] = {"workers": 3, "limits": {"max_connections": 4}}
+    d = drayage_factory(cfg, name="max-connections")
+    small = upstream.skopeo_image.layers[0]
+    request = (f"GET /v2/e2e/skopeo/blobs/{small.digest} HTTP/1.1\r\nHost: x\r\n\r\n").encode()
+    assert requests.get(f"{d.url}/v2/e2e/skopeo/blobs/{small.digest}", timeout=60).ok
+
+    def served(sock: socket.socket) -> bool:
+        """One blob GET answered in full on a kept-alive connection."""
+        try:
+            sock.sendall(request)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return False
+                data += chunk
+            head, body = data.split(b"\r\n\r\n", 1)
+            if not head.startswith(b"HTTP/1.1 200"):
+                return False
+            while len(body) < small.size:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return False
+                body += chunk
+            return True
+        except OSError:
+            return False
+
+    held: list[socket.socket] = []
+    deadline = time.monotonic() + 30
+    # Connections of the probes above may still be counted until their loop reaps them: an
+    # attempt refused meanwhile is retried.
+    while len(held) < 4:
+        assert time.monotonic() < deadline, f"only {len(held)} connections were served"
+        s = socket.create_connection(("127.0.0.1", d.port), timeout=30)
+        if served(s):
+            held.append(s)
+        else:
+            s.close()
+            time.sleep(0.1)
+    # Per-loop counting would let these through on the loops holding fewer than 4.
+    for _ in range(12):
+        with socket.create_connection(("127.0.0.1", d.port), timeout=30) as extra:
+            assert not served(extra), "a connection past max_connections was served"
+    held.pop().close()
+    deadline = time.monotonic() + 30
+    while True:
+        with socket.create_connection(("127.0.0.1", d.port), timeout=30) as again:
+            if served(again):
+                break
+        assert time.monotonic() < deadline, "no connection was served after one was closed"
+        time.sleep(0.1)
+    for s in held:
+        s.close()
+    assert d.stop() == 0

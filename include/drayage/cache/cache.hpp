@@ -76,7 +76,7 @@ struct ReadResult {
     std::string_view bytes;  // kind == data: valid until the next read() or the reader's end
     // kind == data: the buffer `bytes` points into. Holding it keeps the bytes valid after the
     // next read(), so a server can queue them on a socket without copying (evbuffer reference).
-    std::shared_ptr<const std::string> owner;
+    std::shared_ptr<const void> owner;
     Error error;  // kind == error
 };
 

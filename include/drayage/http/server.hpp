@@ -38,7 +38,8 @@
 //   body_timeout (reading a body, no byte arrives)  body on_error; 408 when no response was
 //                                                   started, else close
 //   send_timeout (output pending, client reads nothing)   close
-//   max_connections                                 the connection is accepted and closed at
+//   max_connections (all servers sharing            the connection is accepted and closed at
+//   ServerOptions::connection_count)
 //                                                   once, nothing sent: containerd and docker
 //                                                   treat that as a transport error and fall
 //                                                   over to the next mirror, where a 503 would
@@ -57,6 +58,7 @@
 // closed before its response finished is logged with status 499.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -205,6 +207,10 @@ struct ServerOptions {
     // read from it not yet answered (the request head again, and what followed it), and the
     // peer's address. Called on this server's thread.
     std::function<void(int fd, std::string replay, std::string peer)> on_handoff;
+    // Open connections, for limits.max_connections. Servers that share one address (hit
+    // workers) share one count, so the limit holds for the process. Null: the server counts
+    // its own.
+    std::shared_ptr<std::atomic<std::size_t>> connection_count;
 };
 
 class Server {

@@ -23,12 +23,13 @@ std::string child_path() {
 }
 
 std::string hash_blob(BlobStore& store, const BlobMeta& m) {
-    std::string all, buf;
+    std::string all;
+    ChunkBuffer buf;
     const std::uint64_t cs = store.chunk_size();
     for (std::uint64_t i = 0; i * cs < m.size; ++i) {
         if (!store.read_chunk(m.blob_id, static_cast<std::uint32_t>(i), buf).ok())
             return "missing chunk";
-        all += buf;
+        all += buf.view();
     }
     if (all.size() != m.size) return "wrong size";
     return sha256_digest(all);

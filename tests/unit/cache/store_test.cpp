@@ -48,11 +48,12 @@ std::string read_blob(BlobStore& store, const std::string& digest) {
     auto m = store.stat(digest);
     REQUIRE(m.ok());
     REQUIRE(m->has_value());
-    std::string out, buf;
+    std::string out;
+    ChunkBuffer buf;
     const std::uint64_t cs = store.chunk_size();
     for (std::uint64_t i = 0; i * cs < (*m)->size; ++i) {
         REQUIRE(store.read_chunk((*m)->blob_id, static_cast<std::uint32_t>(i), buf).ok());
-        out += buf;
+        out += buf.view();
     }
     return out;
 }
@@ -110,7 +111,7 @@ TEMPLATE_TEST_CASE("store drops blobs and collects their chunks in bounded steps
     auto m = store->stat(digest);
     REQUIRE(m.ok());
     CHECK_FALSE(m->has_value());
-    std::string buf;
+    ChunkBuffer buf;
     CHECK(store->read_chunk(1, 0, buf).error().code == kErrNotFound);  // chunk 0 went first
     CHECK(store->read_chunk(1, 5, buf).ok());                          // not yet collected
     CHECK(store->usage()->garbage_blobs == 1);
