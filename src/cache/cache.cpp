@@ -803,6 +803,32 @@ Result<bool> Cache::is_linked(std::string_view repo, std::string_view digest) {
     return impl_->store->is_linked(repo, digest);
 }
 
+void Cache::put_tag(std::string_view key, TagRecord record) {
+    WriterOp op;
+    op.kind = WriterOp::Kind::tag_put;
+    op.digest = std::string(key);
+    op.tag = std::move(record);
+    impl_->writer->push(std::move(op));
+}
+
+void Cache::drop_tag(std::string_view key) {
+    WriterOp op;
+    op.kind = WriterOp::Kind::tag_drop;
+    op.digest = std::string(key);
+    impl_->writer->push(std::move(op));
+}
+
+void Cache::drop_tags_checked_before(std::int64_t unix_seconds) {
+    WriterOp op;
+    op.kind = WriterOp::Kind::tags_expire;
+    op.now = unix_seconds;
+    impl_->writer->push(std::move(op));
+}
+
+Result<std::optional<TagRecord>> Cache::get_tag(std::string_view key) {
+    return impl_->store->get_tag(key);
+}
+
 bool Cache::evict(std::string_view digest) {
     std::string d(digest);
     if (impl_->pins.count(d) > 0) return false;

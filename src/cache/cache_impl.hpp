@@ -32,6 +32,9 @@ struct WriterOp {
         touch,
         document,
         link,
+        tag_put,      // digest: the tag key; tag: the record
+        tag_drop,     // digest: the tag key
+        tags_expire,  // now: drop tag records checked before this
         evict,
         barrier,
         stop
@@ -46,6 +49,7 @@ struct WriterOp {
     std::int64_t now = 0;
     std::uint64_t hits = 0;
     std::string media_type;
+    TagRecord tag;
     // Set by the hashing stage for fill_finish and document: did the bytes hash to the digest?
     bool verified = true;
     Error verify_error;

@@ -74,7 +74,7 @@ struct CursorDeleter {
 using CursorPtr = std::unique_ptr<MDB_cursor, CursorDeleter>;
 
 struct Dbis {
-    MDB_dbi meta = 0, chunks = 0, lru = 0, links = 0, garbage = 0, info = 0;
+    MDB_dbi meta = 0, chunks = 0, lru = 0, links = 0, garbage = 0, info = 0, tags = 0;
 };
 
 int begin_txn(MDB_env* env, unsigned flags, TxnPtr& out) {
@@ -354,6 +354,46 @@ public:
         return {};
     }
 
+    Status put_tag(std::string_view key, const TagRecord& record) override {
+        std::string value = detail::encode_tag(record);
+        MDB_val k = val(key);
+        MDB_val v = val(value);
+        if (int rc = mdb_put(txn_.get(), dbi_.tags, &k, &v, 0); rc != 0) {
+            return lmdb_error(rc, "writing tag record");
+        }
+        return {};
+    }
+
+    Status drop_tag(std::string_view key) override {
+        MDB_val k = val(key);
+        int rc = mdb_del(txn_.get(), dbi_.tags, &k, nullptr);
+        if (rc != 0 && rc != MDB_NOTFOUND) return lmdb_error(rc, "dropping tag record");
+        return {};
+    }
+
+    Result<std::uint64_t> drop_tags_checked_before(std::int64_t before) override {
+        MDB_cursor* raw = nullptr;
+        if (int rc = mdb_cursor_open(txn_.get(), dbi_.tags, &raw); rc != 0) {
+            return lmdb_error(rc, "walking tag records");
+        }
+        std::unique_ptr<MDB_cursor, decltype(&mdb_cursor_close)> c(raw, mdb_cursor_close);
+        std::uint64_t dropped = 0;
+        MDB_val k, v;
+        int rc = mdb_cursor_get(raw, &k, &v, MDB_FIRST);
+        while (rc == 0) {
+            TagRecord r;
+            bool ok = detail::decode_tag(
+                std::string_view(static_cast<const char*>(v.mv_data), v.mv_size), r);
+            if (!ok || r.checked < before) {
+                if (int d = mdb_cursor_del(raw, 0); d != 0) return lmdb_error(d, "dropping tag");
+                ++dropped;
+            }
+            rc = mdb_cursor_get(raw, &k, &v, MDB_NEXT);
+        }
+        if (rc != MDB_NOTFOUND) return lmdb_error(rc, "walking tag records");
+        return dropped;
+    }
+
     std::uint64_t charged_bytes() const override { return charged_; }
 
     Status commit() override {
@@ -425,9 +465,10 @@ public:
             const char* name;
             MDB_dbi* dbi;
         };
-        for (Named n : {Named{"meta", &dbi_.meta}, Named{"chunks", &dbi_.chunks},
-                        Named{"lru", &dbi_.lru}, Named{"links", &dbi_.links},
-                        Named{"garbage", &dbi_.garbage}, Named{"info", &dbi_.info}}) {
+        for (Named n :
+             {Named{"meta", &dbi_.meta}, Named{"chunks", &dbi_.chunks}, Named{"lru", &dbi_.lru},
+              Named{"links", &dbi_.links}, Named{"garbage", &dbi_.garbage},
+              Named{"info", &dbi_.info}, Named{"tags", &dbi_.tags}}) {
             if (int rc = mdb_dbi_open(txn.get(), n.name, MDB_CREATE, n.dbi); rc != 0) {
                 return lmdb_error(rc, std::string("opening database ") + n.name + " in " + path_);
             }
@@ -539,6 +580,22 @@ public:
         return true;
     }
 
+    Result<std::optional<TagRecord>> get_tag(std::string_view key) override {
+        std::optional<ReadPool::Lease> txn;
+        if (int rc = reads_->take(txn); rc != 0) return lmdb_error(rc, "read txn");
+        MDB_val k = val(key);
+        MDB_val v;
+        int rc = mdb_get(txn->get(), dbi_.tags, &k, &v);
+        if (rc == MDB_NOTFOUND) return std::optional<TagRecord>{};
+        if (rc != 0) return lmdb_error(rc, "reading tag record");
+        TagRecord r;
+        if (!detail::decode_tag(std::string_view(static_cast<const char*>(v.mv_data), v.mv_size),
+                                r)) {
+            return std::optional<TagRecord>{};  // unreadable: as good as absent
+        }
+        return std::optional<TagRecord>{std::move(r)};
+    }
+
     Result<StoreUsage> usage() override {
         TxnPtr txn;
         if (int rc = begin_txn(env_, MDB_RDONLY, txn); rc != 0) return lmdb_error(rc, "read txn");
@@ -546,7 +603,8 @@ public:
         u.max_size = max_size_;
         u.chunk_size = chunk_size_;
         u.charged_bytes = read_u64(txn.get(), dbi_.info, "charged", 0);
-        for (MDB_dbi d : {dbi_.meta, dbi_.chunks, dbi_.lru, dbi_.links, dbi_.garbage, dbi_.info}) {
+        for (MDB_dbi d :
+             {dbi_.meta, dbi_.chunks, dbi_.lru, dbi_.links, dbi_.garbage, dbi_.info, dbi_.tags}) {
             MDB_stat st;
             if (int rc = mdb_stat(txn.get(), d, &st); rc != 0) return lmdb_error(rc, "stat");
             u.used_bytes += (st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages) * page_;

@@ -19,6 +19,7 @@ struct MemState {
     std::map<std::pair<std::uint64_t, std::uint32_t>, std::shared_ptr<const std::string>> chunks;
     std::set<std::pair<std::int64_t, std::string>> lru;
     std::set<std::string, std::less<>> links;
+    std::map<std::string, TagRecord, std::less<>> tags;
     std::set<std::uint64_t> garbage;
     std::uint64_t charged = 0;
     std::uint64_t next_id = 1;
@@ -114,6 +115,21 @@ public:
         return {};
     }
 
+    Status put_tag(std::string_view key, const TagRecord& record) override {
+        s_.tags[std::string(key)] = record;
+        return {};
+    }
+
+    Status drop_tag(std::string_view key) override {
+        if (auto it = s_.tags.find(key); it != s_.tags.end()) s_.tags.erase(it);
+        return {};
+    }
+
+    Result<std::uint64_t> drop_tags_checked_before(std::int64_t before) override {
+        return std::erase_if(s_.tags,
+                             [before](const auto& kv) { return kv.second.checked < before; });
+    }
+
     std::uint64_t charged_bytes() const override { return s_.charged; }
 
     Status commit() override;
@@ -181,6 +197,13 @@ public:
     Result<bool> is_linked(std::string_view repo, std::string_view digest) override {
         std::lock_guard lock(mu_);
         return state_.links.count(detail::link_key(repo, digest)) > 0;
+    }
+
+    Result<std::optional<TagRecord>> get_tag(std::string_view key) override {
+        std::lock_guard lock(mu_);
+        auto it = state_.tags.find(key);
+        if (it == state_.tags.end()) return std::optional<TagRecord>{};
+        return std::optional<TagRecord>{it->second};
     }
 
     Status sync() override { return {}; }

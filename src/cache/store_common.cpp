@@ -1,5 +1,7 @@
 #include "store_common.hpp"
 
+#include <charconv>
+
 namespace drayage::cache {
 
 namespace {
@@ -72,6 +74,25 @@ bool decode_meta(std::string_view digest, std::string_view in, BlobMeta& out) {
     out.media_type.assign(in);
     out.digest.assign(digest);
     return true;
+}
+
+std::string encode_tag(const TagRecord& r) {
+    return std::to_string(r.checked) + " " + r.digest + " " + r.media_type;
+}
+
+bool decode_tag(std::string_view in, TagRecord& out) {
+    auto sp1 = in.find(' ');
+    if (sp1 == std::string_view::npos) return false;
+    auto sp2 = in.find(' ', sp1 + 1);
+    if (sp2 == std::string_view::npos) return false;
+    std::string_view checked = in.substr(0, sp1);
+    std::int64_t t = 0;
+    auto [end, ec] = std::from_chars(checked.data(), checked.data() + checked.size(), t);
+    if (ec != std::errc() || end != checked.data() + checked.size()) return false;
+    out.checked = t;
+    out.digest = std::string(in.substr(sp1 + 1, sp2 - sp1 - 1));
+    out.media_type = std::string(in.substr(sp2 + 1));
+    return !out.digest.empty();
 }
 
 }  // namespace detail

@@ -66,6 +66,10 @@ inline std::string link_key(std::string_view repo, std::string_view digest) {
     return k;
 }
 
+// "<checked> <digest> <media type>"; false when the bytes are not such a record.
+std::string encode_tag(const TagRecord& r);
+bool decode_tag(std::string_view bytes, TagRecord& out);
+
 // Fixed little binary record; the digest is the key, not stored again.
 std::string encode_meta(const BlobMeta& m);
 bool decode_meta(std::string_view digest, std::string_view bytes, BlobMeta& out);

@@ -489,6 +489,18 @@ void Writer::process(std::vector<WriterOp>& batch) {
                         if (auto st = w.link(all.substr(0, z), all.substr(z + 1)); !st) return st;
                         break;
                     }
+                    case WriterOp::Kind::tag_put:
+                        if (auto st = w.put_tag(op.digest, op.tag); !st) return st;
+                        break;
+                    case WriterOp::Kind::tag_drop:
+                        if (auto st = w.drop_tag(op.digest); !st) return st;
+                        break;
+                    case WriterOp::Kind::tags_expire: {
+                        auto n = w.drop_tags_checked_before(op.now);
+                        if (!n) return n.error();
+                        if (*n > 0) spdlog::info("cache: dropped {} expired tag records", *n);
+                        break;
+                    }
                     case WriterOp::Kind::evict: {
                         auto m = w.get_meta(op.digest);
                         if (!m) return m.error();

@@ -493,7 +493,9 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
     };
     std::map<std::string, std::shared_ptr<BlobMiss>> misses;
 
-    // Tag -> manifest digest, for revalidation and stale-if-error.
+    // Tag -> manifest digest, for revalidation and stale-if-error. Every change is also written
+    // to the cache's tag records, so that a restarted mirror knows its tags while the upstream is
+    // down; a tag not in this map is looked up there.
     struct TagEntry {
         std::string digest;
         std::string media_type;
@@ -501,7 +503,45 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
     };
     std::map<std::string, TagEntry> tags;
 
-    explicit Impl(FrontDeps d) : deps(std::move(d)) {}
+    explicit Impl(FrontDeps d) : deps(std::move(d)) {
+        // Records too old to be served stale would only be refetched: drop them, which also
+        // bounds how many there are.
+        if (deps.cache != nullptr && deps.config != nullptr) {
+            deps.cache->drop_tags_checked_before(unix_now() - upstream_config().max_stale.count());
+        }
+    }
+
+    static std::int64_t unix_now() {
+        return std::chrono::duration_cast<std::chrono::seconds>(
+                   std::chrono::system_clock::now().time_since_epoch())
+            .count();
+    }
+
+    void remember_tag(const std::string& key, const std::string& digest,
+                      const std::string& media_type) {
+        tags[key] = TagEntry{digest, media_type, Clock::now()};
+        deps.cache->put_tag(key, cache::TagRecord{digest, media_type, unix_now()});
+    }
+
+    void forget_tag(std::map<std::string, TagEntry>::iterator it) {
+        deps.cache->drop_tag(it->first);
+        tags.erase(it);
+    }
+
+    // A tag this process has not seen, from the records of an earlier run. Its age carries
+    // over, so manifest_ttl and max_stale count from when the upstream last confirmed it.
+    std::map<std::string, TagEntry>::iterator restore_tag(const std::string& key) {
+        auto rec = deps.cache->get_tag(key);
+        if (!rec) {
+            spdlog::warn("tag record {} unreadable: {}", key, rec.error().to_string());
+            return tags.end();
+        }
+        if (!*rec) return tags.end();
+        auto age = std::chrono::seconds(std::max<std::int64_t>(0, unix_now() - (*rec)->checked));
+        TagEntry e{(*rec)->digest, (*rec)->media_type,
+                   Clock::now() - std::chrono::duration_cast<Clock::duration>(age)};
+        return tags.emplace(key, std::move(e)).first;
+    }
 
     const config::UpstreamConfig& upstream_config() const { return deps.config->upstream; }
 
@@ -1160,11 +1200,12 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
         }
         std::string key = r.name + ":" + r.reference;
         auto it = tags.find(key);
+        if (it == tags.end()) it = restore_tag(key);
         if (it == tags.end() || !accepts(*ex, it->second.media_type)) return fetch_manifest(ex, r);
         TagEntry entry = it->second;
         auto doc = deps.cache->get_document(entry.digest);
         if (!doc || !*doc) {
-            tags.erase(it);
+            forget_tag(it);
             return fetch_manifest(ex, r);
         }
         if (Clock::now() - entry.checked < upstream_config().manifest_ttl) {
@@ -1196,7 +1237,7 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
             [self, ex, r, key, entry, doc = std::move(doc)](Result<UpstreamManifest> head) {
                 if (ex->closed()) return;
                 if (head && head->digest == entry.digest) {
-                    self->tags[key].checked = Clock::now();
+                    self->remember_tag(key, entry.digest, entry.media_type);
                     ex->set_outcome("revalidated");
                     outcome_counter("manifest", "revalidated").inc();
                     return self->send_manifest(*ex, doc, entry.digest, false);
@@ -1239,10 +1280,7 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
                 h.emplace_back("Content-Type", m->media_type);
                 return ex->respond(200, std::move(h), std::move(m->body));
             }
-            if (!r.by_digest) {
-                self->tags[r.name + ":" + r.reference] =
-                    TagEntry{digest, m->media_type, Clock::now()};
-            }
+            if (!r.by_digest) self->remember_tag(r.name + ":" + r.reference, digest, m->media_type);
             self->learn_links(r.name, digest, m->body);
             cache::Document doc{m->media_type, m->body};
             auto st = self->deps.cache->put_document(digest, m->media_type, std::move(m->body));

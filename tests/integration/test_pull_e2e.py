@@ -258,6 +258,49 @@ def metric_value(d, name: str) -> float:
     return total
 
 
+
+def test_restarted_mirror_serves_known_tags_while_upstream_is_down(tmp_path, drayage_factory):
+    """Tag records outlive the process: a mirror restarted during an upstream outage still answers
+    the tags it knew (stale, with a Warning) and their images still pull; records older than
+    upstream.max_stale are dropped at start and not served."""
+    reg = Registry(tmp_path / "up").start()
+    try:
+        image = reg.push_image("e2e/restart", "v1", [64 * KiB], seed=8)
+        d = drayage_factory(mirror_config(reg.url, manifest_ttl="1s", max_stale="1h"),
+                            name="restart")
+        r = skopeo_pull(tmp_path / "sk", f"127.0.0.1:{d.port}", "e2e/restart:v1", tmp_path / "p1")
+        assert r.returncode == 0, r.stderr
+    finally:
+        reg.stop()
+    assert d.stop() == 0
+    d.start()
+    time.sleep(1.2)  # past manifest_ttl, counted from the pull: revalidation fails, stale it is
+
+    r = requests.get(f"{d.url}/v2/e2e/restart/manifests/v1", headers={"Accept": ALL_MANIFESTS},
+                     timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.headers["Docker-Content-Digest"] == image.manifest_digest
+    assert r.content == image.manifest
+    assert "110" in r.headers.get("Warning", "")
+    r = skopeo_pull(tmp_path / "sk2", f"127.0.0.1:{d.port}", "e2e/restart:v1", tmp_path / "p2")
+    assert r.returncode == 0, r.stderr
+    assert dir_blobs(tmp_path / "p2").keys() == dir_blobs(tmp_path / "p1").keys()
+
+    # Past max_stale by the next start: the record is dropped, and the tag is an upstream error.
+    assert d.stop() == 0
+    d.config["upstream"]["max_stale"] = "2s"
+    time.sleep(2.5)
+    d.start()
+    r = requests.get(f"{d.url}/v2/e2e/restart/manifests/v1", headers={"Accept": ALL_MANIFESTS},
+                     timeout=30)
+    assert r.status_code == 503, r.text
+    assert "dropped 1 expired tag records" in d.log()
+    # By digest it is still a plain cache hit.
+    r = requests.get(f"{d.url}/v2/e2e/restart/manifests/{image.manifest_digest}",
+                     headers={"Accept": ALL_MANIFESTS}, timeout=30)
+    assert r.status_code == 200 and r.content == image.manifest
+
+
 @pytest.mark.parametrize("workers", [0, 1, 3])
 def test_hit_workers_serve_hits_and_hand_everything_else_to_the_main_loop(upstream,
                                                                           drayage_factory,

@@ -9,6 +9,7 @@
 //   lru     be64(last_access) digest    -> ""   (the LRU index; touched lazily by the Cache)
 //   links   repo '\0' digest           -> ""   (which repositories a blob is known to belong to)
 //   garbage be64(blob_id)              -> ""   (chunks of dropped blobs, deleted in bounded steps)
+//   tags    repo ':' tag               -> TagRecord (the manifest a tag last named upstream)
 //   info    "charged" | "next_id" | "chunk_size"
 //
 // Chunks are keyed by a blob_id, not by digest: a blob that is dropped (evicted, failed fill,
@@ -71,6 +72,15 @@ struct BlobMeta {
     std::string media_type;  // documents (manifests) only; empty for layer blobs
 };
 
+// The manifest a tag named when the upstream last confirmed it: what lets a restarted mirror still
+// answer a tag (stale-if-error) while the upstream is down. Not charged against max_size; the
+// registry front drops records older than upstream.max_stale, which bounds them.
+struct TagRecord {
+    std::string digest;
+    std::string media_type;
+    std::int64_t checked = 0;  // unix seconds
+};
+
 struct StoreUsage {
     std::uint64_t charged_bytes = 0;  // what the Cache bounds by max_size
     std::uint64_t used_bytes = 0;     // pages in use by every database (LMDB: mdb_stat totals)
@@ -104,6 +114,12 @@ public:
     // Up to `n` metas in LRU order (least recently used first), skipping the first `skip`.
     virtual Result<std::vector<BlobMeta>> oldest(std::size_t skip, std::size_t n) = 0;
     virtual Status link(std::string_view repo, std::string_view digest) = 0;
+    // `key` is "<repo>:<tag>". Inserts or replaces.
+    virtual Status put_tag(std::string_view key, const TagRecord& record) = 0;
+    // Not found is not an error.
+    virtual Status drop_tag(std::string_view key) = 0;
+    // Drops every tag record checked before `before` (unix seconds); returns how many.
+    virtual Result<std::uint64_t> drop_tags_checked_before(std::int64_t before) = 0;
     virtual std::uint64_t charged_bytes() const = 0;
     virtual Status commit() = 0;
 };
@@ -148,6 +164,7 @@ public:
     // Every meta record (any state), in key order. Reads in pages of short transactions.
     virtual Result<std::vector<BlobMeta>> list() = 0;
     virtual Result<bool> is_linked(std::string_view repo, std::string_view digest) = 0;
+    virtual Result<std::optional<TagRecord>> get_tag(std::string_view key) = 0;
     virtual Result<StoreUsage> usage() = 0;
     // Flushes every commit to disk (LMDB commits with MDB_NOSYNC; see cache_dir.hpp).
     virtual Status sync() = 0;

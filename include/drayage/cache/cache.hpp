@@ -241,6 +241,13 @@ public:
     void link(std::string_view repo, std::string_view digest);
     Result<bool> is_linked(std::string_view repo, std::string_view digest);
 
+    // Tag records (see TagRecord; `key` is "<repo>:<tag>"), written through the writer in order
+    // with everything else. get_tag reads what is committed.
+    void put_tag(std::string_view key, TagRecord record);
+    void drop_tag(std::string_view key);
+    void drop_tags_checked_before(std::int64_t unix_seconds);
+    Result<std::optional<TagRecord>> get_tag(std::string_view key);
+
     // Drops a blob now unless a reader or fill holds it (returns false then).
     bool evict(std::string_view digest);
 

@@ -177,6 +177,64 @@ TEMPLATE_TEST_CASE("store records which repositories a blob belongs to", "[store
     CHECK_FALSE(*store->is_linked("library", d));
 }
 
+TEMPLATE_TEST_CASE("store keeps tag records and drops those checked too long ago", "[store]",
+                   LmdbKind, MemoryKind) {
+    TempDir dir;
+    auto store = TestType::make({dir.path.string(), 64 * 1024 * 1024, 64 * 1024});
+    const std::string d1 = sha256_digest("one"), d2 = sha256_digest("two");
+    const std::string oci = "application/vnd.oci.image.index.v1+json";
+    {
+        auto w = store->begin_write();
+        REQUIRE((*w)->put_tag("library/alpine:3.19", TagRecord{d1, oci, 1000}).ok());
+        REQUIRE((*w)->put_tag("library/alpine:latest", TagRecord{d1, oci, 2000}).ok());
+        REQUIRE((*w)->put_tag("team/app:v1", TagRecord{d2, "application/json", 3000}).ok());
+        REQUIRE((*w)->commit().ok());
+    }
+    auto t = store->get_tag("library/alpine:latest");
+    REQUIRE(t.ok());
+    REQUIRE(t->has_value());
+    CHECK((*t)->digest == d1);
+    CHECK((*t)->media_type == oci);
+    CHECK((*t)->checked == 2000);
+    CHECK_FALSE(store->get_tag("library/alpine:edge")->has_value());
+    {
+        // Replaced, dropped, expired.
+        auto w = store->begin_write();
+        REQUIRE((*w)->put_tag("library/alpine:latest", TagRecord{d2, oci, 2500}).ok());
+        REQUIRE((*w)->drop_tag("team/app:v1").ok());
+        REQUIRE((*w)->drop_tag("team/app:absent").ok());
+        auto n = (*w)->drop_tags_checked_before(2000);
+        REQUIRE(n.ok());
+        CHECK(*n == 1);
+        REQUIRE((*w)->commit().ok());
+    }
+    CHECK_FALSE(store->get_tag("library/alpine:3.19")->has_value());
+    CHECK_FALSE(store->get_tag("team/app:v1")->has_value());
+    CHECK((*store->get_tag("library/alpine:latest"))->digest == d2);
+    CHECK((*store->get_tag("library/alpine:latest"))->checked == 2500);
+}
+
+TEST_CASE("lmdb store keeps tag records across a reopen", "[store]") {
+    TempDir dir;
+    const std::string d = sha256_digest("m");
+    {
+        auto store = LmdbKind::make({dir.path.string(), 64 * 1024 * 1024, 64 * 1024});
+        auto w = store->begin_write();
+        REQUIRE(
+            (*w)->put_tag("a/b:c",
+                          TagRecord{d, "application/vnd.docker.distribution.manifest.v2+json", 42})
+                .ok());
+        REQUIRE((*w)->commit().ok());
+        REQUIRE(store->sync().ok());
+    }
+    auto store = LmdbKind::make({dir.path.string(), 64 * 1024 * 1024, 64 * 1024});
+    auto t = store->get_tag("a/b:c");
+    REQUIRE(t.ok());
+    REQUIRE(t->has_value());
+    CHECK((*t)->digest == d);
+    CHECK((*t)->checked == 42);
+}
+
 TEMPLATE_TEST_CASE("store reports a full map as kErrMapFull", "[store]", LmdbKind, MemoryKind) {
     TempDir dir;
     auto store = TestType::make({dir.path.string(), 1024 * 1024, 1024 * 1024});
