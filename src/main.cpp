@@ -179,7 +179,10 @@ int serve(const drayage::config::Config& cfg) {
     deps.upstream = upstream.get();
     std::unique_ptr<s3::Client> s3_client;
     if (cfg.storage.s3) {
-        auto client = s3::Client::create(curl, *cfg.storage.s3, config::environment());
+        s3::ClientTuning tuning;
+        tuning.connect_timeout = cfg.storage.s3->connect_timeout;
+        tuning.stall_timeout = cfg.storage.s3->stall_timeout;
+        auto client = s3::Client::create(curl, *cfg.storage.s3, config::environment(), tuning);
         if (!client) {
             spdlog::critical("storage.s3: {}", client.error().message);
             return 1;
@@ -196,6 +199,7 @@ int serve(const drayage::config::Config& cfg) {
     if (s3_client) {
         registry::UploadOptions upload_options;
         upload_options.session_ttl = cfg.uploads.session_ttl;
+        upload_options.max_sessions = static_cast<std::size_t>(cfg.uploads.max_sessions);
         char host[256] = {};
         gethostname(host, sizeof host - 1);
         auto listen = config::parse_listen_address(cfg.http.addr);

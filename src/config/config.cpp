@@ -185,6 +185,8 @@ const std::vector<Key>& keys() {
 
         {"uploads.session_ttl",
          MillisKey{DRAYAGE_FIELD(uploads.session_ttl), Millis{1'000}, 7 * 24 * kHour}},
+        {"uploads.max_sessions",
+         CountKey{DRAYAGE_FIELD(uploads.max_sessions), nullptr, 1, 1'000'000}},
 
         {"storage.s3.accesskey", StringKey{DRAYAGE_FIELD(storage.s3->accesskey)}},
         {"storage.s3.secretkey", StringKey{DRAYAGE_FIELD(storage.s3->secretkey), true}},
@@ -212,6 +214,10 @@ const std::vector<Key>& keys() {
          MillisKey{DRAYAGE_FIELD(storage.s3->retry.base_delay), Millis{1}, Millis{60'000}}},
         {"storage.s3.retry.max_delay",
          MillisKey{DRAYAGE_FIELD(storage.s3->retry.max_delay), Millis{1}, kHour}},
+        {"storage.s3.connect_timeout",
+         MillisKey{DRAYAGE_FIELD(storage.s3->connect_timeout), Millis{1}, kHour}},
+        {"storage.s3.stall_timeout",
+         MillisKey{DRAYAGE_FIELD(storage.s3->stall_timeout), Millis{1}, kHour}},
 
         {"auth.htpasswd.path", StringKey{DRAYAGE_FIELD(auth->htpasswd_path)}},
         {"auth.token.realm", StringKey{DRAYAGE_FIELD(auth->token_realm), false, check_url}},

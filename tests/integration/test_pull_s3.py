@@ -215,3 +215,65 @@ def test_a_blob_larger_than_the_cache_is_streamed_verified_and_uncached(swift, t
     assert status == 206 and n < 100 and not completed
     s3.put_object(Bucket=swift.bucket, Key=blob_key(root, digest), Body=good)
     assert fetch(url) == (200, size, digest, True)
+
+
+def test_s3_stall_timeout_comes_from_the_config(swift, tmp_path, drayage_factory):  # noqa: F811
+    """storage.s3.stall_timeout: a bucket GET in which no byte moves is abandoned after it and
+    retried, so the client gets the blob well before the 30 s default would have let go."""
+    from harness.faultproxy import FaultProxy, Rule
+    root = f"/stall-{uuid.uuid4().hex[:8]}"
+    reg = Registry(tmp_path / "reg", s3=s3_storage(swift, root),
+                   extra={"storage": {"redirect": {"disable": True}}}).start()
+    proxy = FaultProxy("127.0.0.1", swift.port).start()
+    try:
+        image = reg.push_image("s3/stall", "v1", [2 * MiB + 7], seed=21)
+        layer = image.layers[0]
+        d = drayage_factory({"storage": {"s3": drayage_s3_block(
+            swift, root, regionendpoint=proxy.endpoint, stall_timeout="1s",
+            retry={"max_attempts": 3, "base_delay": "10ms", "max_delay": "100ms"})}})
+        proxy.set_rules([Rule("stall_response", match=f"GET /{swift.bucket}/"
+                              f"{blob_key(root, layer.digest)}", after=0, times=1)])
+        # The client's own timeout is below the default stall_timeout: without the key this
+        # GET would wait 30 s on the stalled attempt and fail here.
+        r = requests.get(f"{d.url}/v2/s3/stall/blobs/{layer.digest}", timeout=20)
+        assert r.status_code == 200, r.text
+        assert "sha256:" + hashlib.sha256(r.content).hexdigest() == layer.digest
+        assert proxy.stats["stall_response"] == 1
+    finally:
+        proxy.stop()
+        reg.stop()
+
+
+def test_s3_connect_timeout_comes_from_the_config(swift, tmp_path, drayage_factory):  # noqa: F811
+    """storage.s3.connect_timeout: an endpoint that never completes the TCP handshake (a listener
+    whose accept queue is full drops SYNs) is given up on after it, on every attempt, so the
+    client gets a quick error rather than waiting attempts x 10 s."""
+    import socket
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(0)
+    port = hole.getsockname()[1]
+    fillers = []
+    try:
+        # Fill the accept queue (never accepted): from now on SYNs to the port are dropped.
+        for _ in range(4):
+            c = socket.socket()
+            c.settimeout(0.5)
+            try:
+                c.connect(("127.0.0.1", port))
+            except OSError:
+                c.close()
+                break
+            fillers.append(c)
+        d = drayage_factory({"storage": {"s3": drayage_s3_block(
+            swift, "/hole", regionendpoint=f"http://127.0.0.1:{port}", connect_timeout="500ms",
+            retry={"max_attempts": 3, "base_delay": "10ms", "max_delay": "100ms"})}})
+        digest = "sha256:" + hashlib.sha256(b"nothing").hexdigest()
+        r = requests.get(f"{d.url}/v2/s3/hole/blobs/{digest}", timeout=20)
+        assert r.status_code == 503, r.text
+        assert r.json()["errors"][0]["code"] == "UNAVAILABLE"
+        assert "timeout" in d.log().lower() or "timed out" in d.log().lower()
+    finally:
+        for c in fillers:
+            c.close()
+        hole.close()

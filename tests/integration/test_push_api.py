@@ -427,3 +427,28 @@ def test_one_patch_at_a_time(stack):
     r = requests.put(f"{stack.url}{loc}?digest={digest_of(first)}", timeout=30)
     assert r.status_code == 201, r.text
     stack.assert_stored("serial", first)
+
+
+def test_max_sessions_bounds_open_uploads(swift, drayage_factory, tmp_path):
+    """uploads.max_sessions: a new upload past the limit gets 429 TOOMANYREQUESTS; finishing or
+    cancelling one makes room."""
+    s = Stack(swift, drayage_factory, tmp_path, drayage_extra={"uploads": {"max_sessions": 2}},
+              name="maxsessions")
+    try:
+        first = start_upload(s.url, "limits")
+        second = start_upload(s.url, "limits")
+        r = requests.post(f"{s.url}/v2/limits/blobs/uploads/", timeout=30)
+        assert r.status_code == 429, r.text
+        assert r.json()["errors"][0]["code"] == "TOOMANYREQUESTS"
+        assert requests.delete(f"{s.url}{first}", timeout=10).status_code == 204
+        blob = data(1000, 3)
+        r = requests.put(f"{s.url}{second}?digest={digest_of(blob)}", data=blob, timeout=30)
+        assert r.status_code == 201, r.text
+        third = start_upload(s.url, "limits")
+        fourth = start_upload(s.url, "limits")
+        assert requests.post(f"{s.url}/v2/limits/blobs/uploads/", timeout=30).status_code == 429
+        for loc in (third, fourth):
+            assert requests.delete(f"{s.url}{loc}", timeout=10).status_code == 204
+        s.assert_clean()
+    finally:
+        s.stop()

@@ -81,6 +81,8 @@ struct UploadsConfig {
     // An upload session with no request for this long is dropped and its multipart upload
     // aborted.
     Millis session_ttl{3'600'000};
+    // Open upload sessions at most; past it a new upload gets 429 TOOMANYREQUESTS.
+    std::uint64_t max_sessions = 1024;
 };
 
 struct S3RetryConfig {
@@ -112,6 +114,10 @@ struct S3Config {
     bool writethrough = false;              // store upstream-fetched blobs in the bucket too
     S3MultipartConfig multipart;
     S3RetryConfig retry;
+    // Not Distribution keys: connecting to the endpoint, and an attempt in which no byte moves,
+    // fail (and are retried) after these.
+    Millis connect_timeout{10'000};
+    Millis stall_timeout{30'000};
 };
 
 // One access rule: the repositories it covers (globs) and who may pull or push them.

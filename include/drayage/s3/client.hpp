@@ -80,7 +80,8 @@ struct PutOptions {
 Credentials resolve_credentials(const config::S3Config& config,
                                 const std::map<std::string, std::string>& env);
 
-// Transport settings that are not part of the Distribution-compatible `storage.s3` block.
+// Transport settings (storage.s3.connect_timeout and stall_timeout; drayage's keys, not the
+// Distribution driver's).
 struct ClientTuning {
     std::chrono::milliseconds connect_timeout{10'000};
     // No byte moved for this long (either direction): the attempt fails as a transport error

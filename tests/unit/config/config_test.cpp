@@ -112,6 +112,9 @@ upstream:
   connect_timeout: 250ms
   response_timeout: 10s
   stall_timeout: 1m30s
+uploads:
+  session_ttl: 10m
+  max_sessions: 64
 storage:
   s3:
     accesskey: AKIDEXAMPLE
@@ -135,6 +138,8 @@ storage:
       max_attempts: 3
       base_delay: 50ms
       max_delay: 2s
+    connect_timeout: 3s
+    stall_timeout: 45s
 )";
 
 }  // namespace
@@ -203,6 +208,10 @@ TEST_CASE("every key is read from the file") {
     CHECK(s3.retry.max_attempts == 3);
     CHECK(s3.retry.base_delay == Millis{50});
     CHECK(s3.retry.max_delay == Millis{2000});
+    CHECK(s3.connect_timeout == Millis{3000});
+    CHECK(s3.stall_timeout == Millis{45000});
+    CHECK(c.uploads.session_ttl == Millis{600'000});
+    CHECK(c.uploads.max_sessions == 64);
     CHECK(c.notes.empty());
 }
 
@@ -563,7 +572,7 @@ TEST_CASE("every rendered key can be set from the environment") {
     const std::string text = render_redacted(c);
     std::vector<std::pair<std::string, std::string>> all;
     leaves(YAML::Load(text), "", all);
-    REQUIRE(all.size() == 48);
+    REQUIRE(all.size() == 51);
     Env env;
     for (auto& [path, value] : all) {
         if (value == "<redacted>") {
