@@ -559,6 +559,7 @@ Result<std::unique_ptr<Cache>> Cache::open(event_base* base, CacheOptions option
     }
     if (swept > 0) spdlog::info("cache: discarded {} partial fills left by a previous run", swept);
 
+    impl->writable_gauge.set(1);
     impl->notify_ev = event_new(base, -1, 0, notify_cb, impl.get());
     auto writer = Writer::start(*impl);
     if (!writer) return writer.error();
@@ -701,13 +702,18 @@ Result<FillHandle> Cache::start_or_join_fill(std::string_view digest,
         return make_error("DIGEST_INVALID", "not a sha256 digest: " + std::string(digest), 400);
     }
     if (expected_size && *expected_size + kMetaCharge > impl.options.config.max_size) {
-        return make_error("cache.too_large", std::string(digest) + " (" +
-                                                 std::to_string(*expected_size) +
-                                                 " bytes) is larger than cache.max_size");
+        return make_error(kErrTooLarge, std::string(digest) + " (" +
+                                            std::to_string(*expected_size) +
+                                            " bytes) is larger than cache.max_size");
     }
     std::string d(digest);
     auto it = impl.fills.find(d);
     if (it != impl.fills.end()) return FillHandle{it->second, false};
+    if (std::chrono::duration_cast<std::chrono::nanoseconds>(
+            std::chrono::steady_clock::now().time_since_epoch())
+            .count() < impl.unwritable_until_ns.load()) {
+        return make_error(kErrUnwritable, "cache writes are failing; not caching " + d);
+    }
     if (!impl.pin(d)) return make_error(kErrStore, d + " is being evicted; retry");
     std::uint64_t id = ++impl.next_fill_id;
     auto fill = std::make_shared<CacheFill>(CacheFill::Token{}, this, d, expected_size, id,

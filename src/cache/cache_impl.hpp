@@ -172,8 +172,16 @@ struct Cache::Impl {
                            "Write batches retried after MDB_MAP_FULL."};
     Tally over_limit{"drayage_cache_over_limit_total",
                      "Write batches stored over max_size because everything else was pinned."};
+    Tally write_failures{"drayage_cache_write_failures_total",
+                         "Write batches that could not be stored (disk full, I/O errors)."};
     metrics::Gauge& charged_gauge = metrics::global().gauge(
         "drayage_cache_charged_bytes", "Bytes the cache holds (bounded by max_size).");
+    metrics::Gauge& writable_gauge = metrics::global().gauge(
+        "drayage_cache_writable",
+        "0 while cache writes are failing and misses are streamed uncached, else 1.");
+    // Set by the writer after a failed write: until then (steady clock, ns) start_or_join_fill
+    // refuses new fills, so misses are streamed uncached instead of failing one after another.
+    std::atomic<std::int64_t> unwritable_until_ns{0};
 
     void defer(std::function<void()> fn);
     void run_deferred();
@@ -206,6 +214,15 @@ private:
     void hash(WriterOp& op);
     void process(std::vector<WriterOp>& batch);
     bool make_room(std::uint64_t incoming, std::uint64_t shrink_by = 0);
+    struct DiskSpace {
+        std::uint64_t available = 0;
+        std::uint64_t headroom = 0;
+    };
+    std::optional<DiskSpace> disk_space() const;
+    bool disk_full(std::uint64_t incoming) const;
+    void fit_to_disk();
+    void settle_freed_pages();
+    void note_write_result(const Status& result, bool blob_data);
     void collect_garbage_step();
     void post(std::vector<Completion> done);
 
@@ -228,7 +245,12 @@ private:
     std::atomic<bool> wake_pending_{false};
     int wake_read_ = -1;
     int wake_write_ = -1;
-    bool garbage_ = true;                                        // writer thread only
+    bool garbage_ = true;  // writer thread only
+    // Writer thread only. After the filesystem filled up: the most the cache may hold (below
+    // max_size), raised again as space comes back. Pages freed by eviction are reused inside
+    // LMDB's file, which needs no new disk space.
+    std::uint64_t disk_cap_ = UINT64_MAX;
+    std::chrono::milliseconds unwritable_backoff_{0};            // 0: writes are succeeding
     std::map<std::uint64_t, std::unique_ptr<FillState>> fills_;  // writer thread only
 };
 

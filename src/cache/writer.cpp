@@ -11,6 +11,7 @@
 // last chunks go in the same transaction, and only after the sha256 of every byte matched.
 #include <fcntl.h>
 #include <openssl/evp.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -267,8 +268,101 @@ void Writer::collect_garbage_step() {
     garbage_ = *more;
 }
 
+std::optional<Writer::DiskSpace> Writer::disk_space() const {
+    struct statvfs fs {};
+    if (::statvfs(impl_.options.config.path.c_str(), &fs) != 0) return std::nullopt;
+    DiskSpace d;
+    d.available = static_cast<std::uint64_t>(fs.f_bavail) * fs.f_frsize;
+    // Kept free once the disk is tight: 64 MiB (four write batches), or a quarter of a small
+    // filesystem.
+    d.headroom = std::min<std::uint64_t>(64ull << 20,
+                                         static_cast<std::uint64_t>(fs.f_blocks) * fs.f_frsize / 4);
+    return d;
+}
+
+bool Writer::disk_full(std::uint64_t incoming) const {
+    // LMDB reports a short write as EIO, so ENOSPC is read off the filesystem instead.
+    auto d = disk_space();
+    return d && d->available < std::max(2 * incoming, d->headroom);
+}
+
+void Writer::fit_to_disk() {
+    // The cache may hold what it holds now, plus the free pages inside LMDB's file, plus the
+    // filesystem's free space beyond a headroom: the headroom keeps LMDB's own bookkeeping
+    // (copy-on-write pages, the free list) from ever meeting a full disk.
+    auto d = disk_space();
+    if (!d) return;
+    const std::uint64_t max_size = store_.max_size();
+    // Room for even a full cache: nothing to work out.
+    if (disk_cap_ == UINT64_MAX && d->available >= max_size + d->headroom) return;
+    auto u = store_.usage();
+    if (!u) return;
+    // Below the headroom this is less than what is cached: eviction brings the disk back to it.
+    std::uint64_t inside = u->file_bytes > u->used_bytes ? u->file_bytes - u->used_bytes : 0;
+    std::uint64_t have = u->charged_bytes + inside + d->available;
+    std::uint64_t fits = have > d->headroom ? have - d->headroom : 0;
+    if (fits >= max_size) {
+        if (disk_cap_ != UINT64_MAX) {
+            spdlog::info(
+                "cache: the filesystem under {} has room again; the limit is "
+                "cache.max_size",
+                impl_.options.config.path);
+            disk_cap_ = UINT64_MAX;
+        }
+        return;
+    }
+    if (disk_cap_ == UINT64_MAX) {
+        spdlog::warn(
+            "cache: the filesystem under {} has room for about {} bytes of cache, less "
+            "than cache.max_size {}; the cache keeps within that",
+            impl_.options.config.path, fits, max_size);
+    }
+    disk_cap_ = fits;
+}
+
+void Writer::note_write_result(const Status& result, bool blob_data) {
+    using std::chrono::milliseconds;
+    if (result) {
+        // Only blob chunks prove the store takes data again: a batch of small records may fit
+        // where chunks do not.
+        if (blob_data && unwritable_backoff_.count() != 0) {
+            spdlog::info("cache: writes succeed again; misses are cached again");
+            unwritable_backoff_ = milliseconds(0);
+            impl_.unwritable_until_ns.store(0);
+            impl_.writable_gauge.set(1);
+        }
+        return;
+    }
+    impl_.write_failures.fetch_add(1);
+    // Until writes work again, misses are streamed uncached: 5 s at first, doubling up to a
+    // minute for each try after a pause that fails too. The rest of a burst (the queued chunks
+    // of the fills that just failed) does not count as a try.
+    auto now = std::chrono::steady_clock::now();
+    std::int64_t now_ns =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count();
+    if (unwritable_backoff_.count() != 0 && now_ns < impl_.unwritable_until_ns.load()) return;
+    unwritable_backoff_ = unwritable_backoff_.count() == 0
+                              ? milliseconds(5'000)
+                              : std::min(unwritable_backoff_ * 2, milliseconds(60'000));
+    impl_.unwritable_until_ns.store(
+        now_ns + std::chrono::duration_cast<std::chrono::nanoseconds>(unwritable_backoff_).count());
+    impl_.writable_gauge.set(0);
+    spdlog::warn("cache: writes are failing ({}); blob misses are streamed uncached for {} s",
+                 result.error().to_string(), unwritable_backoff_.count() / 1000);
+}
+
+void Writer::settle_freed_pages() {
+    // LMDB reuses the pages transaction N freed from transaction N + 2 on (N + 1 may still need
+    // N's snapshot). One more small commit lets the next write go into them instead of growing
+    // the file, which a tight disk may not allow.
+    if (auto t = store_.begin_write(); t) (void)(*t)->commit();
+}
+
 bool Writer::make_room(std::uint64_t incoming, std::uint64_t shrink_by) {
-    std::uint64_t max = store_.max_size();
+    if (shrink_by == 0) fit_to_disk();
+    const bool tight = disk_cap_ != UINT64_MAX;
+    bool evicted = false;
+    std::uint64_t max = std::min(store_.max_size(), disk_cap_);
     if (shrink_by > 0) {
         // After MDB_MAP_FULL: the map, not max_size, is the bound; free `shrink_by` below what
         // is stored now.
@@ -285,7 +379,11 @@ bool Writer::make_room(std::uint64_t incoming, std::uint64_t shrink_by) {
             return false;
         }
         StoreWrite& w = **txn;
-        if (w.charged_bytes() + incoming <= max) return true;
+        if (w.charged_bytes() + incoming <= max) {
+            txn->reset();
+            if (evicted && tight) settle_freed_pages();
+            return true;
+        }
         std::uint64_t deleted = 0;
         std::size_t dropped = 0;
         if (auto n = w.collect_garbage(impl_.options.gc_batch_chunks); n) deleted = *n;
@@ -313,6 +411,7 @@ bool Writer::make_room(std::uint64_t incoming, std::uint64_t shrink_by) {
         }
         impl_.commits.fetch_add(1);
         impl_.evicted_blobs.fetch_add(dropped);
+        evicted = evicted || dropped > 0 || deleted > 0;
         garbage_ = more && *more;
         if (deleted == 0 && dropped == 0) {
             // Everything left is pinned or filling: write anyway, over the limit, rather than
@@ -327,6 +426,7 @@ bool Writer::make_room(std::uint64_t incoming, std::uint64_t shrink_by) {
 void Writer::process(std::vector<WriterOp>& batch) {
     std::vector<Prepared> prep(batch.size());
     std::uint64_t incoming = 0;
+    bool blob_data = false;  // the batch writes chunks of a fill
     // Pre-pass: what the batch will charge, and the hasher's verdicts.
     for (std::size_t i = 0; i < batch.size(); ++i) {
         WriterOp& op = batch[i];
@@ -346,6 +446,7 @@ void Writer::process(std::vector<WriterOp>& batch) {
                     break;
                 }
                 incoming += store_.chunk_charge(op.data->size());
+                blob_data = true;
                 break;
             }
             case WriterOp::Kind::fill_finish: {
@@ -529,12 +630,21 @@ void Writer::process(std::vector<WriterOp>& batch) {
         result = apply();
         txn->reset();  // end this transaction before make_room() begins another
         impl_.pins.release_claims();
-        if (result || result.error().code != kErrMapFull) break;
-        impl_.map_full_retries.fetch_add(1);
+        if (result) break;
+        std::uint64_t shrink_by = 0;
+        if (result.error().code == kErrMapFull) {
+            impl_.map_full_retries.fetch_add(1);
+            shrink_by = std::max(incoming, store_.max_size() / 8);
+        } else if (!disk_full(incoming)) {
+            break;
+        }
+        // Map or disk full: make room (make_room() fits the cache to the disk) and try again.
         garbage_ = true;
-        make_room(incoming, std::max(incoming, store_.max_size() / 8));
+        make_room(incoming, shrink_by);
+        if (shrink_by == 0) settle_freed_pages();
     }
     if (result) impl_.commits.fetch_add(1);
+    note_write_result(result, blob_data);
 
     std::vector<Completion> done;
     for (std::size_t i = 0; i < batch.size(); ++i) {

@@ -964,10 +964,14 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
         if (!fh) {
             misses.erase(miss->digest);
             miss->transfer.reset();
-            if (fh.error().code == "cache.too_large") {
-                // Larger than the whole cache: each client gets its own verified stream.
-                spdlog::info("blob {} is larger than cache.max_size; streaming it uncached",
-                             miss->digest);
+            if (fh.error().code == cache::kErrTooLarge ||
+                fh.error().code == cache::kErrUnwritable) {
+                // Larger than the whole cache, or the cache cannot store right now: each client
+                // gets its own verified stream.
+                if (fh.error().code == cache::kErrTooLarge) {
+                    spdlog::info("blob {} is larger than cache.max_size; streaming it uncached",
+                                 miss->digest);
+                }
                 // Started on the next loop turn: this is a callback of the origin's transfer,
                 // and curl refuses new transfers from inside its callbacks.
                 auto origin = deps.origins[miss->origin];

@@ -51,6 +51,9 @@ inline constexpr const char* kErrAbandoned = "cache.abandoned";  // orphan fill,
 inline constexpr const char* kErrRange = "cache.range";          // offset past the end (416)
 inline constexpr const char* kErrGone =
     "cache.gone";  // blob dropped under a reader (operator evict)
+inline constexpr const char* kErrTooLarge = "cache.too_large";  // larger than max_size
+// Writes are failing (disk full beyond what eviction frees, I/O errors): no new fills for a while.
+inline constexpr const char* kErrUnwritable = "cache.unwritable";
 
 struct CacheOptions {
     config::CacheConfig config;
@@ -226,8 +229,9 @@ public:
     Result<std::unique_ptr<BlobReader>> open_complete_reader(std::string_view digest,
                                                              std::uint64_t offset,
                                                              std::optional<std::uint64_t> len);
-    // Joins the running fill of `digest` or starts one. Errors: not a sha256 digest; expected size
-    // larger than max_size (the caller streams without caching).
+    // Joins the running fill of `digest` or starts one. Errors: not a sha256 digest; kErrTooLarge
+    // (expected size larger than max_size) and kErrUnwritable (the last write failed; retried
+    // after a backoff of 5 s doubling to 60 s): the caller streams without caching.
     Result<FillHandle> start_or_join_fill(std::string_view digest,
                                           std::optional<std::uint64_t> expected_size);
 
