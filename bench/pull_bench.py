@@ -88,10 +88,10 @@ http {{
         return f"http://127.0.0.1:{self.port}/{name}"
 
     def rss_kib(self) -> int:
-        # master + workers
-        out = subprocess.run(["pgrep", "-f", f"nginx -c {self.dir}/nginx.conf"],
+        # master + workers (the workers' command line is "nginx: worker process")
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)],
                              capture_output=True, text=True).stdout.split()
-        return sum(peak_rss_kib(int(p)) for p in out if p.isdigit())
+        return peak_rss_kib(self.proc.pid) + sum(peak_rss_kib(int(p)) for p in out if p.isdigit())
 
     def stop(self):
         self.proc.terminate()
