@@ -2,7 +2,8 @@
 # Installs what is missing (test peers too), builds, and runs every test:
 #   1. clang-format check
 #   2. unit tests (Catch2) in a --werror build
-#   3. the same unit tests under AddressSanitizer+UBSan, the cache tests under ThreadSanitizer
+#   3. the same unit tests under AddressSanitizer+UBSan; the cache and auth tests under
+#      ThreadSanitizer
 #   4. the request-parser fuzz target for a short time (libFuzzer, clang)
 #   5. integration tests (pytest) against real Swift s3api, docker-registry, skopeo, containerd,
 #      dockerd and curl, all on 127.0.0.1
@@ -31,11 +32,13 @@ if [ -z "${DRAYAGE_TEST_QUICK:-}" ]; then
   ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
     meson test -C build-asan --suite unit --print-errorlogs
 
-  step "cache tests under thread sanitizer"
+  step "cache and auth tests under thread sanitizer"
   [ -f build-tsan/build.ninja ] || meson setup build-tsan -Db_sanitize=thread \
       -Dbuildtype=debug >/dev/null
-  ninja -C build-tsan tests/unit/cache/test_cache tests/unit/cache/cache_crash_child
+  ninja -C build-tsan tests/unit/cache/test_cache tests/unit/cache/cache_crash_child \
+      tests/unit/registry/test_registry_auth
   TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/unit/cache/test_cache
+  TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/unit/registry/test_registry_auth
 
   step "fuzz the request parser (libFuzzer, 60 s)"
   [ -f build-fuzz/build.ninja ] || CXX=clang++ meson setup build-fuzz -Dfuzz=enabled \

@@ -261,9 +261,8 @@ int serve(const drayage::config::Config& cfg) {
         tls = std::move(*t);
         server_options.tls = tls.get();
     }
-    // Hit workers only for an open mirror over plain HTTP: they cannot check credentials or
-    // carry a TLS session across a hand-off.
-    const int workers = (cfg.auth || tls) ? 0 : cfg.http.workers;
+    // Hit workers only over plain HTTP: a TLS session cannot be carried across a hand-off.
+    const int workers = tls ? 0 : cfg.http.workers;
     server_options.reuse_port = workers > 0;
     // One max_connections for the process, however the kernel spreads accepts over the loops.
     server_options.connection_count = std::make_shared<std::atomic<std::size_t>>(0);
@@ -273,7 +272,7 @@ int serve(const drayage::config::Config& cfg) {
         spdlog::critical("cannot listen on {}: {}", cfg.http.addr, st.error().message);
         return 1;
     }
-    HitWorkers hit_workers(base.get(), server, *blob_cache);
+    HitWorkers hit_workers(base.get(), server, *blob_cache, authenticator.get());
     if (workers > 0) {
         if (auto st = hit_workers.start(workers, server_options); !st) {
             spdlog::critical("http.workers: {}", st.error().message);

@@ -21,8 +21,9 @@ struct HitWorkers::Worker {
     std::thread thread;
 };
 
-HitWorkers::HitWorkers(event_base* main_base, http::Server& main, cache::Cache& cache)
-    : main_base_(main_base), main_(main), cache_(cache) {
+HitWorkers::HitWorkers(event_base* main_base, http::Server& main, cache::Cache& cache,
+                       const registry::Authenticator* auth)
+    : main_base_(main_base), main_(main), cache_(cache), auth_(auth) {
     handoff_ev_ = event_new(main_base_, -1, 0, &HitWorkers::handoff_cb, this);
     stopped_ev_ = event_new(main_base_, -1, 0, &HitWorkers::stopped_cb, this);
 }
@@ -54,8 +55,8 @@ Status HitWorkers::start(int count, http::ServerOptions options) {
         auto w = std::make_unique<Worker>();
         w->base = event_base_new();
         if (w->base == nullptr) return make_error("http.workers", "cannot create an event loop");
-        w->server =
-            std::make_unique<http::Server>(w->base, options, registry::make_hit_handler(cache_));
+        w->server = std::make_unique<http::Server>(w->base, options,
+                                                   registry::make_hit_handler(cache_, auth_));
         if (auto st = w->server->listen(); !st) {
             event_base_free(w->base);
             return st;

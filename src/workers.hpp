@@ -22,6 +22,7 @@
 
 #include "drayage/cache/cache.hpp"
 #include "drayage/http/server.hpp"
+#include "drayage/registry/auth.hpp"
 #include "drayage/util/result.hpp"
 
 namespace drayage {
@@ -29,7 +30,9 @@ namespace drayage {
 class HitWorkers {
 public:
     // `main` is the main loop's server (already listening, with reuse_port); `main_base` its loop.
-    HitWorkers(event_base* main_base, http::Server& main, cache::Cache& cache);
+    // `auth` (may be null: an open mirror) must outlive the workers.
+    HitWorkers(event_base* main_base, http::Server& main, cache::Cache& cache,
+               const registry::Authenticator* auth);
     ~HitWorkers();  // stop() and join
     HitWorkers(const HitWorkers&) = delete;
     HitWorkers& operator=(const HitWorkers&) = delete;
@@ -51,6 +54,7 @@ private:
     event_base* main_base_;
     http::Server& main_;
     cache::Cache& cache_;
+    const registry::Authenticator* auth_;
     std::vector<std::unique_ptr<Worker>> workers_;
     // Connections handed to the main loop: queued by workers, adopted on the main loop.
     struct Handoff {

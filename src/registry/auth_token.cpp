@@ -318,8 +318,10 @@ Status Authenticator::reload(const config::AuthConfig& config) {
         if (!loaded) return loaded.error();
         h = std::move(*loaded);
     }
+    AccessPolicy policy(config, policy_.docker_hub());
+    std::unique_lock lock(reload_mu_);
     htpasswd_ = std::move(h);
-    policy_ = AccessPolicy(config, policy_.docker_hub());
+    policy_ = std::move(policy);
     config_.htpasswd_path = config.htpasswd_path;
     config_.groups = config.groups;
     config_.rules = config.rules;
@@ -341,15 +343,27 @@ bool Authenticator::check_basic(std::string_view user, std::string_view password
     return true;
 }
 
-std::optional<std::pair<std::string, std::string>> basic_credentials(const http::Request& request) {
+namespace {
+
+// The credentials after "Authorization: <scheme> ", when the request uses that scheme.
+std::optional<std::string_view> credentials_of(const http::Request& request,
+                                               std::string_view scheme) {
     std::string_view h = request.header("Authorization");
     auto space = h.find(' ');
-    if (space == std::string_view::npos || !http::iequals(h.substr(0, space), "Basic"))
+    if (space == std::string_view::npos || !http::iequals(h.substr(0, space), scheme))
         return std::nullopt;
     std::string_view value = h.substr(space + 1);
     while (!value.empty() && value.front() == ' ')
         value.remove_prefix(1);
-    auto decoded = decode64(value, kStd);
+    return value;
+}
+
+}  // namespace
+
+std::optional<std::pair<std::string, std::string>> basic_credentials(const http::Request& request) {
+    auto value = credentials_of(request, "Basic");
+    if (!value) return std::nullopt;
+    auto decoded = decode64(*value, kStd);
     if (!decoded) return std::nullopt;
     auto colon = decoded->find(':');
     if (colon == std::string::npos) return std::nullopt;
@@ -383,22 +397,41 @@ Identity Authenticator::identify(const http::Request& request) {
         id.principal = Principal{user, true};
         return id;
     }
-    if (http::iequals(scheme, "Bearer")) {
-        auto c = verify_token(value, key_, config_.token_issuer, config_.token_service, unix_now());
-        if (!c || c->typ != "access") {
-            id.kind = Identity::Kind::bad_credentials;
-            id.problem = c ? "a refresh token used as an access token" : c.error().message;
-            return id;
-        }
-        id.kind = Identity::Kind::bearer;
-        // A subject only the upstream vouched for is nobody to the rules.
-        id.principal = c->upstream_only ? Principal{} : Principal{c->sub, !c->sub.empty()};
-        id.token_access = std::move(c->access);
-        return id;
-    }
+    if (http::iequals(scheme, "Bearer")) return bearer_identity(value);
     id.kind = Identity::Kind::bad_credentials;
     id.problem = "unsupported Authorization scheme";
     return id;
+}
+
+Identity Authenticator::bearer_identity(std::string_view token) const {
+    Identity id;
+    // Token settings never change after start (reload() leaves them).
+    auto c = verify_token(token, key_, config_.token_issuer, config_.token_service, unix_now());
+    if (!c || c->typ != "access") {
+        id.kind = Identity::Kind::bad_credentials;
+        id.problem = c ? "a refresh token used as an access token" : c.error().message;
+        return id;
+    }
+    id.kind = Identity::Kind::bearer;
+    // A subject only the upstream vouched for is nobody to the rules.
+    id.principal = c->upstream_only ? Principal{} : Principal{c->sub, !c->sub.empty()};
+    id.token_access = std::move(c->access);
+    return id;
+}
+
+std::optional<Authenticator::HitAdmission> Authenticator::admit_hit(const http::Request& request,
+                                                                    std::string_view repo) const {
+    Identity who;  // anonymous without a header
+    if (!request.header("Authorization").empty()) {
+        auto token = credentials_of(request, "Bearer");
+        if (!token) return std::nullopt;
+        who = bearer_identity(*token);
+        if (who.kind != Identity::Kind::bearer) return std::nullopt;
+    }
+    std::shared_lock lock(reload_mu_);
+    auto name = normalize_repository(repo, policy_.docker_hub());
+    if (!name || !may(who, *name, Action::pull)) return std::nullopt;
+    return HitAdmission{std::move(*name), who.principal.user};
 }
 
 bool Authenticator::may(const Identity& who, std::string_view repo, Action action) const {

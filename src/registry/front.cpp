@@ -217,12 +217,23 @@ void respond_from_cache(const std::shared_ptr<Exchange>& ex, const std::string& 
 
 }  // namespace
 
-http::Handler make_hit_handler(cache::Cache& cache) {
-    return [&cache](std::shared_ptr<Exchange> ex) {
+http::Handler make_hit_handler(cache::Cache& cache, const Authenticator* auth) {
+    return [&cache, auth](std::shared_ptr<Exchange> ex) {
         const http::Request& req = ex->request();
         if (req.method == "GET" || req.method == "HEAD") {
             auto route = parse_route(req.path);
-            if (route && route->endpoint == Endpoint::blob) {
+            bool admitted = route && route->endpoint == Endpoint::blob;
+            if (admitted && auth != nullptr) {
+                // The same two checks as the loop's: the client may pull the repository, and
+                // the blob is known to belong to it (only the committed links: the loop keeps
+                // the ones still queued, and proves the rest through an origin).
+                auto adm = auth->admit_hit(req, route->name);
+                auto linked = adm ? cache.store().is_linked(adm->repo, route->reference)
+                                  : Result<bool>(false);
+                admitted = linked && *linked;
+                if (admitted && !adm->user.empty()) ex->set_user(adm->user);
+            }
+            if (admitted) {
                 const std::string& digest = route->reference;
                 auto whole = cache.open_complete_reader(digest, 0, std::nullopt);
                 if (whole) {

@@ -72,6 +72,9 @@ def start_drayage(bin_path, workdir, upstream, rules=RULES, cache=None) -> Draya
         "upstream": {"url": upstream.url, "username": "mirror", "password": "mpw",
                      "connect_timeout": "2s", "response_timeout": "10s"},
         "auth": auth_config(workdir, rules),
+        # Hit workers beside the main loop: every test here also runs against their admission
+        # (connections land on any of the four loops).
+        "http": {"workers": 3},
     }
     if cache:
         cfg["cache"] = {"path": str(cache)}
@@ -418,3 +421,48 @@ def test_sighup_reloads_the_rules(build_dir, tmp_path, upstream):
                             auth=("alice", "pw")).status_code == 200
     finally:
         d.stop()
+
+
+def worker_hits(d) -> float:
+    text = requests.get(f"{d.url}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("drayage_http_worker_hits_total"))
+
+
+def test_hit_workers_admit_tokens_and_anonymous_reads_and_leave_the_rest_to_the_loop(mirror,
+                                                                                   upstream):
+    """With auth, hit workers serve cached blobs to a valid Bearer token or an anonymous client
+    the rules admit, and only for a repository the blob is linked to; everything else (Basic
+    credentials, no access, a digest of another repository) is answered by the main loop, the
+    same as without workers. Each request on a new connection, so all four loops see each case."""
+    layer = upstream.private.layers[0]
+    pub = upstream.public.layers[0]
+    tok = requests.get(f"{mirror.url}/auth/token", auth=("alice", "pw"),
+                       params={"service": SERVICE,
+                               "scope": "repository:private/app:pull"}).json()["token"]
+    bob_tok = requests.get(f"{mirror.url}/auth/token", auth=("bob", "bobpw"),
+                           params={"service": SERVICE,
+                                   "scope": "repository:private/app:pull"}).json()["token"]
+    assert requests.get(f"{mirror.url}/v2/public/x/blobs/{pub.digest}").status_code == 200
+    before = worker_hits(mirror)
+    private = f"/v2/private/app/blobs/{layer.digest}"
+    for _ in range(24):
+        status, _, body = raw_get(mirror.port, private, {"Authorization": "Bearer " + tok})
+        assert status == 200 and hashlib.sha256(body).hexdigest() == layer.digest[7:]
+        status, _, body = raw_get(mirror.port, f"/v2/public/x/blobs/{pub.digest}")
+        assert status == 200 and hashlib.sha256(body).hexdigest() == pub.digest[7:]
+        # Refused wherever the connection lands.
+        for headers in ({}, {"Authorization": "Bearer " + bob_tok},
+                        {"Authorization": "Bearer " + forge(sub="mallory", key="x" * 40)},
+                        {"Authorization": basic("bob", "bobpw")}):
+            status, _, body = raw_get(mirror.port, private, headers)
+            assert status == 401 and len(body) < 1000, (headers, status)
+        # alice may read public/x, but this digest does not belong there.
+        status, _, body = raw_get(mirror.port, f"/v2/public/x/blobs/{layer.digest}",
+                                  {"Authorization": "Bearer " + forge(access=[
+                                      {"type": "repository", "name": "public/x",
+                                       "actions": ["pull"]}])})
+        assert status == 404 and len(body) < 1000
+    # 48 admitted hits over four loops: the workers took some.
+    assert worker_hits(mirror) > before
+    assert "user=alice" in mirror.log()

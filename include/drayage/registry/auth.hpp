@@ -22,6 +22,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <shared_mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -185,6 +186,18 @@ public:
     // Basic or Bearer credentials of a request. Never fails: bad ones are Kind::bad_credentials.
     Identity identify(const http::Request& request);
 
+    // For hit workers, from any thread: may this request pull from `repo` (as routed, not yet
+    // normalised)? Decided only for what needs no loop state: no credentials, or a Bearer token
+    // (checked against the rules as they are now). Returns the normalised repository and the
+    // user for the access log. nullopt: let the main loop answer (Basic credentials, bad ones,
+    // a refusal that needs a challenge, a pass-through check).
+    struct HitAdmission {
+        std::string repo;
+        std::string user;
+    };
+    std::optional<HitAdmission> admit_hit(const http::Request& request,
+                                          std::string_view repo) const;
+
     // Whether `who` may do `action` on `repo` (normalised): the rules must allow it and, for a
     // bearer token, the token's access claim must include it too (a token never widens the
     // rules, and the rules in force now win over those when the token was made). The one
@@ -209,6 +222,7 @@ public:
 private:
     Authenticator(const config::AuthConfig& config, bool docker_hub, bool tls);
     bool check_basic(std::string_view user, std::string_view password);
+    Identity bearer_identity(std::string_view token) const;
     std::string realm_for(const http::Request& request) const;
     // `local`: the principal was verified by drayage (rules apply to it); `upstream`: grants
     // the upstream approved for these credentials.
@@ -221,6 +235,9 @@ private:
                std::optional<std::pair<std::string, std::string>> creds,
                std::vector<ResourceAccess> want, bool oauth, bool with_refresh);
 
+    // reload() (on the loop) against admit_hit() on the hit workers. The loop's own reads need
+    // no lock: reload() runs on the loop too.
+    mutable std::shared_mutex reload_mu_;
     config::AuthConfig config_;
     AccessPolicy policy_;
     Htpasswd htpasswd_;

@@ -57,9 +57,10 @@ struct FrontDeps {
 // The handler of a hit worker (`http.workers`): an extra event-loop thread with its own listening
 // socket on the same address. It serves GET and HEAD of blobs complete in the cache itself, using
 // only the part of the cache that is safe from any thread, and hands every other request, with
-// its connection, to the main server (http::Exchange::hand_off). Only for open mirrors over plain
-// HTTP: with `auth` or TLS there are no workers.
-http::Handler make_hit_handler(cache::Cache& cache);
+// its connection, to the main server (http::Exchange::hand_off). With `auth` it serves only what
+// it can admit on its own (Authenticator::admit_hit, and a committed repository link); the main
+// loop answers the rest. Plain HTTP only: with TLS there are no workers.
+http::Handler make_hit_handler(cache::Cache& cache, const Authenticator* auth);
 
 class RegistryFront {
 public:
