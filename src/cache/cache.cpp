@@ -1,6 +1,7 @@
 // Cache, CacheFill and BlobReader: the loop side; the writer thread is in writer.cpp.
 #include "drayage/cache/cache.hpp"
 
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -538,6 +539,15 @@ Result<std::unique_ptr<Cache>> Cache::open(event_base* base, CacheOptions option
         if (!opened) return opened.error();
         store = std::move(*opened);
         if (auto st = mark_dirty(dir); !st) return st.error();
+        if (struct statvfs fs{}; ::statvfs(dir.c_str(), &fs) == 0) {
+            auto total = static_cast<std::uint64_t>(fs.f_blocks) * fs.f_frsize;
+            if (total < so.max_size) {
+                spdlog::warn(
+                    "cache: cache.max_size ({} bytes) is larger than the whole filesystem "
+                    "under {} ({} bytes); the cache will keep within what the disk can take",
+                    so.max_size, dir, total);
+            }
+        }
     }
     impl->store = std::move(store);
     impl->options = std::move(options);

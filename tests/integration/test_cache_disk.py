@@ -102,6 +102,7 @@ def test_cache_that_fills_its_disk_shrinks_to_fit_and_keeps_serving(tmp_path, sm
                 body = get_whole(f"{d.url}/v2/disk/many/blobs/{layer.digest}")
                 assert hashlib.sha256(body).hexdigest() == layer.digest.split(":")[1]
         log = d.log()
+        assert "is larger than the whole filesystem" in log  # said at start
         # Kept within the filesystem before it filled: no write ever failed.
         assert "has room for about" in log
         assert "writes are failing" not in log and "cut:" not in log
