@@ -10,17 +10,10 @@
 #include <filesystem>
 
 #include "cache_impl.hpp"
+#include "drayage/util/clock.hpp"
 #include "drayage/util/log.hpp"
 
 namespace drayage::cache {
-
-namespace {
-std::int64_t now_seconds() {
-    return std::chrono::duration_cast<std::chrono::seconds>(
-               std::chrono::system_clock::now().time_since_epoch())
-        .count();
-}
-}  // namespace
 
 // ---------------------------------------------------------------------------------------------
 // ReaderCore: the state of one BlobReader. Fills keep weak pointers to it to wake it.
@@ -445,7 +438,7 @@ void Cache::Impl::on_completions() {
 
 void Cache::Impl::note_access(const BlobMeta& meta) {
     std::lock_guard touch_lock(touch_mu);  // hit workers record hits too
-    std::int64_t now = now_seconds();
+    std::int64_t now = clock::unix_now();
     auto& pending = touches[meta.digest];
     pending.hits += 1;
     std::int64_t interval = options.touch_interval.count();
@@ -598,7 +591,7 @@ Cache::~Cache() {
     }
     // Hit counts not yet written.
     std::lock_guard touch_lock(impl.touch_mu);
-    std::int64_t now = now_seconds();
+    std::int64_t now = clock::unix_now();
     for (auto& [digest, t] : impl.touches) {
         if (t.hits == 0) continue;
         WriterOp op;
@@ -719,9 +712,7 @@ Result<FillHandle> Cache::start_or_join_fill(std::string_view digest,
     std::string d(digest);
     auto it = impl.fills.find(d);
     if (it != impl.fills.end()) return FillHandle{it->second, false};
-    if (std::chrono::duration_cast<std::chrono::nanoseconds>(
-            std::chrono::steady_clock::now().time_since_epoch())
-            .count() < impl.unwritable_until_ns.load()) {
+    if (clock::steady_ns() < impl.unwritable_until_ns.load()) {
         return make_error(kErrUnwritable, "cache writes are failing; not caching " + d);
     }
     if (!impl.pin(d)) return make_error(kErrStore, d + " is being evicted; retry");
@@ -735,7 +726,7 @@ Result<FillHandle> Cache::start_or_join_fill(std::string_view digest,
     op.kind = WriterOp::Kind::fill_begin;
     op.fill_id = id;
     op.digest = d;
-    op.now = now_seconds();
+    op.now = clock::unix_now();
     impl.writer->push(std::move(op));
     return FillHandle{std::move(fill), true};
 }
@@ -760,9 +751,7 @@ Status Cache::put_document(std::string_view digest, std::string_view media_type,
     op.digest = d;
     op.media_type = std::string(media_type);
     op.data = std::move(shared);
-    op.now = std::chrono::duration_cast<std::chrono::seconds>(
-                 std::chrono::system_clock::now().time_since_epoch())
-                 .count();
+    op.now = clock::unix_now();
     impl.writer->push(std::move(op));
     return {};
 }

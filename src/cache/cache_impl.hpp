@@ -246,8 +246,8 @@ private:
     int wake_read_ = -1;
     int wake_write_ = -1;
     bool garbage_ = true;  // writer thread only
-    // Writer thread only. After the filesystem filled up: the most the cache may hold (below
-    // max_size), raised again as space comes back. Pages freed by eviction are reused inside
+    // Writer thread only. When the filesystem has less room than max_size: the most the cache
+    // may hold, raised again as space comes back. Pages freed by eviction are reused inside
     // LMDB's file, which needs no new disk space.
     std::uint64_t disk_cap_ = UINT64_MAX;
     std::chrono::milliseconds unwritable_backoff_{0};            // 0: writes are succeeding

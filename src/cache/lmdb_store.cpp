@@ -372,23 +372,21 @@ public:
     }
 
     Result<std::uint64_t> drop_tags_checked_before(std::int64_t before) override {
-        MDB_cursor* raw = nullptr;
-        if (int rc = mdb_cursor_open(txn_.get(), dbi_.tags, &raw); rc != 0) {
+        MDB_cursor* c = nullptr;
+        if (int rc = mdb_cursor_open(txn_.get(), dbi_.tags, &c); rc != 0) {
             return lmdb_error(rc, "walking tag records");
         }
-        std::unique_ptr<MDB_cursor, decltype(&mdb_cursor_close)> c(raw, mdb_cursor_close);
+        CursorPtr cur(c);
         std::uint64_t dropped = 0;
         MDB_val k, v;
-        int rc = mdb_cursor_get(raw, &k, &v, MDB_FIRST);
+        int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
         while (rc == 0) {
             TagRecord r;
-            bool ok = detail::decode_tag(
-                std::string_view(static_cast<const char*>(v.mv_data), v.mv_size), r);
-            if (!ok || r.checked < before) {
-                if (int d = mdb_cursor_del(raw, 0); d != 0) return lmdb_error(d, "dropping tag");
+            if (!detail::decode_tag(view(v), r) || r.checked < before) {
+                if (int d = mdb_cursor_del(c, 0); d != 0) return lmdb_error(d, "dropping tag");
                 ++dropped;
             }
-            rc = mdb_cursor_get(raw, &k, &v, MDB_NEXT);
+            rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
         }
         if (rc != MDB_NOTFOUND) return lmdb_error(rc, "walking tag records");
         return dropped;
@@ -589,10 +587,7 @@ public:
         if (rc == MDB_NOTFOUND) return std::optional<TagRecord>{};
         if (rc != 0) return lmdb_error(rc, "reading tag record");
         TagRecord r;
-        if (!detail::decode_tag(std::string_view(static_cast<const char*>(v.mv_data), v.mv_size),
-                                r)) {
-            return std::optional<TagRecord>{};  // unreadable: as good as absent
-        }
+        if (!detail::decode_tag(view(v), r)) return std::optional<TagRecord>{};  // unreadable
         return std::optional<TagRecord>{std::move(r)};
     }
 

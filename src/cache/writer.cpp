@@ -17,6 +17,7 @@
 #include <cstdio>
 
 #include "cache_impl.hpp"
+#include "drayage/util/clock.hpp"
 #include "drayage/util/log.hpp"
 
 namespace drayage::cache {
@@ -337,9 +338,7 @@ void Writer::note_write_result(const Status& result, bool blob_data) {
     // Until writes work again, misses are streamed uncached: 5 s at first, doubling up to a
     // minute for each try after a pause that fails too. The rest of a burst (the queued chunks
     // of the fills that just failed) does not count as a try.
-    auto now = std::chrono::steady_clock::now();
-    std::int64_t now_ns =
-        std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count();
+    std::int64_t now_ns = clock::steady_ns();
     if (unwritable_backoff_.count() != 0 && now_ns < impl_.unwritable_until_ns.load()) return;
     unwritable_backoff_ = unwritable_backoff_.count() == 0
                               ? milliseconds(5'000)
@@ -638,10 +637,10 @@ void Writer::process(std::vector<WriterOp>& batch) {
         } else if (!disk_full(incoming)) {
             break;
         }
-        // Map or disk full: make room (make_room() fits the cache to the disk) and try again.
+        // Map or disk full: make room (make_room() fits the cache to the disk, and lets LMDB
+        // reuse what it evicted) and try again.
         garbage_ = true;
         make_room(incoming, shrink_by);
-        if (shrink_by == 0) settle_freed_pages();
     }
     if (result) impl_.commits.fetch_add(1);
     note_write_result(result, blob_data);

@@ -13,6 +13,7 @@
 #include "drayage/http/errors.hpp"
 #include "drayage/registry/auth.hpp"
 #include "drayage/s3/sigv4.hpp"
+#include "drayage/util/clock.hpp"
 #include "drayage/util/metrics.hpp"
 #include "drayage/util/text.hpp"
 
@@ -118,12 +119,6 @@ std::string dump(const json& j) {
 
 std::string rfc3339(std::int64_t t) {
     return text::rfc3339_utc(t);
-}
-
-std::int64_t unix_now() {
-    return std::chrono::duration_cast<std::chrono::seconds>(
-               std::chrono::system_clock::now().time_since_epoch())
-        .count();
 }
 
 std::string random_bytes(std::size_t n) {
@@ -406,7 +401,8 @@ Identity Authenticator::identify(const http::Request& request) {
 Identity Authenticator::bearer_identity(std::string_view token) const {
     Identity id;
     // Token settings never change after start (reload() leaves them).
-    auto c = verify_token(token, key_, config_.token_issuer, config_.token_service, unix_now());
+    auto c =
+        verify_token(token, key_, config_.token_issuer, config_.token_service, clock::unix_now());
     if (!c || c->typ != "access") {
         id.kind = Identity::Kind::bad_credentials;
         id.problem = c ? "a refresh token used as an access token" : c.error().message;
@@ -578,7 +574,7 @@ void Authenticator::issue(http::Exchange& ex, const Principal& who, bool local,
     }
     for (const ResourceAccess& u : upstream)
         add_action(granted, u, "pull");
-    std::int64_t now = unix_now();
+    std::int64_t now = clock::unix_now();
     std::int64_t lifetime = config_.token_expiration.count();
     // An upstream decision is good for passthrough_ttl only; so is a token carrying it.
     if (!upstream.empty())
@@ -673,7 +669,7 @@ void Authenticator::handle_token(const std::shared_ptr<http::Exchange>& ex) {
         }
         if (grant_type == "refresh_token") {
             auto c = verify_token(first(f, "refresh_token"), key_, config_.token_issuer,
-                                  config_.token_service, unix_now());
+                                  config_.token_service, clock::unix_now());
             if (!c || c->typ != "refresh" || c->sub.empty() || c->upstream_only ||
                 !htpasswd_.has_user(c->sub))
                 return refuse_token(*e, config_.token_service, "invalid refresh token");

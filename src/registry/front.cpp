@@ -17,6 +17,7 @@
 #include "drayage/s3/layout.hpp"
 #include "drayage/s3/multipart.hpp"
 #include "drayage/s3/sigv4.hpp"
+#include "drayage/util/clock.hpp"
 #include "drayage/util/metrics.hpp"
 #include "drayage/util/text.hpp"
 
@@ -51,6 +52,21 @@ void send_error(Exchange& ex, int status, std::string_view code, std::string_vie
     HeaderList h = api_headers();
     h.emplace_back("Content-Type", "application/json");
     ex.respond(status, std::move(h), http::registry_error_body(code, message));
+}
+
+// 416 for a Range outside a blob of `size` bytes.
+void send_range_not_satisfiable(Exchange& ex, std::uint64_t size) {
+    HeaderList h = api_headers();
+    h.emplace_back("Content-Range", "bytes */" + std::to_string(size));
+    h.emplace_back("Content-Type", "application/json");
+    ex.respond(416, std::move(h),
+               http::registry_error_body("RANGE_INVALID", "range not satisfiable"));
+}
+
+// The Content-Range of a 206 for `span` of a blob of `size` bytes.
+std::string content_range(const ByteSpan& span, std::uint64_t size) {
+    return "bytes " + std::to_string(span.first) + "-" + std::to_string(span.last) + "/" +
+           std::to_string(size);
 }
 
 // An upstream/origin error as the client should see it.
@@ -185,14 +201,7 @@ void respond_from_cache(const std::shared_ptr<Exchange>& ex, const std::string& 
     std::optional<ByteSpan> span;
     if (size && !range.empty()) {
         auto pr = parse_range(range, *size);
-        if (!pr) {
-            HeaderList h = api_headers();
-            h.emplace_back("Content-Range", "bytes */" + std::to_string(*size));
-            h.emplace_back("Content-Type", "application/json");
-            ex->respond(416, std::move(h),
-                        http::registry_error_body("RANGE_INVALID", "range not satisfiable"));
-            return;
-        }
+        if (!pr) return send_range_not_satisfiable(*ex, *size);
         span = *pr;
     }
     std::unique_ptr<cache::BlobReader> reader;
@@ -205,9 +214,7 @@ void respond_from_cache(const std::shared_ptr<Exchange>& ex, const std::string& 
     }
     HeaderList h = blob_headers(digest);
     if (span) {
-        h.emplace_back("Content-Range", "bytes " + std::to_string(span->first) + "-" +
-                                            std::to_string(span->last) + "/" +
-                                            std::to_string(*size));
+        h.emplace_back("Content-Range", content_range(*span, *size));
         ex->send_head(206, std::move(h), span->last - span->first + 1);
     } else {
         ex->send_head(200, std::move(h), size);
@@ -387,19 +394,13 @@ private:
         size_ = *h.size;
         auto pr = parse_range(range_, size_);
         if (!pr) {
-            HeaderList hl = api_headers();
-            hl.emplace_back("Content-Range", "bytes */" + std::to_string(size_));
-            hl.emplace_back("Content-Type", "application/json");
-            ex_->respond(416, std::move(hl),
-                         http::registry_error_body("RANGE_INVALID", "range not satisfiable"));
+            send_range_not_satisfiable(*ex_, size_);
             return stop_after(false);
         }
         if (*pr) {
             first_ = (*pr)->first;
             end_ = (*pr)->last + 1;
-            headers_.emplace_back("Content-Range", "bytes " + std::to_string(first_) + "-" +
-                                                       std::to_string(end_ - 1) + "/" +
-                                                       std::to_string(size_));
+            headers_.emplace_back("Content-Range", content_range(**pr, size_));
             ex_->send_head(206, std::move(headers_), end_ - first_);
         } else {
             end_ = size_;
@@ -518,20 +519,15 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
         // Records too old to be served stale would only be refetched: drop them, which also
         // bounds how many there are.
         if (deps.cache != nullptr && deps.config != nullptr) {
-            deps.cache->drop_tags_checked_before(unix_now() - upstream_config().max_stale.count());
+            deps.cache->drop_tags_checked_before(clock::unix_now() -
+                                                 upstream_config().max_stale.count());
         }
-    }
-
-    static std::int64_t unix_now() {
-        return std::chrono::duration_cast<std::chrono::seconds>(
-                   std::chrono::system_clock::now().time_since_epoch())
-            .count();
     }
 
     void remember_tag(const std::string& key, const std::string& digest,
                       const std::string& media_type) {
         tags[key] = TagEntry{digest, media_type, Clock::now()};
-        deps.cache->put_tag(key, cache::TagRecord{digest, media_type, unix_now()});
+        deps.cache->put_tag(key, cache::TagRecord{digest, media_type, clock::unix_now()});
     }
 
     void forget_tag(std::map<std::string, TagEntry>::iterator it) {
@@ -548,7 +544,8 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
             return tags.end();
         }
         if (!*rec) return tags.end();
-        auto age = std::chrono::seconds(std::max<std::int64_t>(0, unix_now() - (*rec)->checked));
+        auto age =
+            std::chrono::seconds(std::max<std::int64_t>(0, clock::unix_now() - (*rec)->checked));
         TagEntry e{(*rec)->digest, (*rec)->media_type,
                    Clock::now() - std::chrono::duration_cast<Clock::duration>(age)};
         return tags.emplace(key, std::move(e)).first;
