@@ -698,6 +698,21 @@ Result<std::unique_ptr<BlobReader>> Cache::open_complete_reader(std::string_view
     return std::unique_ptr<BlobReader>(new BlobReader(std::move(core)));
 }
 
+Result<std::optional<std::uint64_t>> Cache::read_small(
+    std::string_view digest, std::uint64_t max_bytes,
+    const std::function<char*(std::size_t)>& place) {
+    Impl& impl = *impl_;
+    auto r = impl.store->read_small(digest, max_bytes, place);
+    if (!r) return r.error();
+    if (!*r || (*r)->meta.state != BlobState::complete) {
+        return make_error(kErrNotFound, std::string(digest) + " is not cached", 404);
+    }
+    if (!(*r)->copied) return std::optional<std::uint64_t>{};
+    impl.hits.fetch_add(1);
+    impl.note_access((*r)->meta);
+    return std::optional<std::uint64_t>{(*r)->meta.size};
+}
+
 Result<FillHandle> Cache::start_or_join_fill(std::string_view digest,
                                              std::optional<std::uint64_t> expected_size) {
     Impl& impl = *impl_;

@@ -498,32 +498,35 @@ public:
     Status read_chunk(std::uint64_t blob_id, std::uint32_t index, ChunkBuffer& out) override {
         std::optional<ReadPool::Lease> txn;
         if (int rc = reads_->take(txn); rc != 0) return lmdb_error(rc, "read txn");
-        std::string key = chunk_key(blob_id, index);
-        MDB_val k = val(key);
         MDB_val v;
-        if (int rc = mdb_get(txn->get(), dbi_.chunks, &k, &v); rc != 0) {
-            return lmdb_error(rc, "reading chunk");
-        }
+        if (auto st = get_chunk(txn->get(), blob_id, index, v); !st) return st;
         // Copy and let go of the snapshot: a slow client must never hold a read transaction.
-        // pread(), not the map: see the note at the top.
-        const auto* at = static_cast<const char*>(v.mv_data);
-        if (at < map_ || at + v.mv_size > map_ + map_len_) {
-            return make_error(kErrStore, "chunk outside the map of " + path_);
+        return copy_value(v, out.resize(v.mv_size));
+    }
+
+    Result<std::optional<SmallRead>> read_small(
+        std::string_view digest, std::uint64_t max_bytes,
+        const std::function<char*(std::size_t)>& place) override {
+        std::optional<ReadPool::Lease> txn;
+        if (int rc = reads_->take(txn); rc != 0) return lmdb_error(rc, "read txn");
+        auto meta = read_meta(txn->get(), dbi_.meta, digest);
+        if (!meta) return meta.error();
+        if (!*meta) return std::optional<SmallRead>{};
+        SmallRead out{std::move(**meta), false};
+        const BlobMeta& m = out.meta;
+        if (m.state != BlobState::complete || m.size > max_bytes || m.size > chunk_size_) {
+            return std::optional<SmallRead>{std::move(out)};
         }
-        char* dst = out.resize(v.mv_size);
-        auto off = static_cast<off_t>(at - map_);
-        std::size_t done = 0;
-        while (done < v.mv_size) {
-            ssize_t n = ::pread(fd_, dst + done, v.mv_size - done, off + static_cast<off_t>(done));
-            if (n < 0 && errno == EINTR) continue;
-            if (n <= 0) {
-                return make_error(kErrStore, "reading " + path_ + "/data.mdb: " +
-                                                 (n == 0 ? std::string("short file")
-                                                         : std::string(std::strerror(errno))));
+        if (m.size > 0) {
+            MDB_val v;
+            if (auto st = get_chunk(txn->get(), m.blob_id, 0, v); !st) return st.error();
+            if (v.mv_size != m.size) {
+                return make_error(kErrStore, "chunk shorter than its blob says: " + m.digest);
             }
-            done += static_cast<std::size_t>(n);
+            if (auto st = copy_value(v, place(v.mv_size)); !st) return st.error();
         }
-        return {};
+        out.copied = true;
+        return std::optional<SmallRead>{std::move(out)};
     }
 
     Result<std::unique_ptr<StoreWrite>> begin_write() override {
@@ -616,6 +619,38 @@ public:
     }
 
 private:
+    Status get_chunk(MDB_txn* txn, std::uint64_t blob_id, std::uint32_t index, MDB_val& v) {
+        std::string key = chunk_key(blob_id, index);
+        MDB_val k = val(key);
+        if (int rc = mdb_get(txn, dbi_.chunks, &k, &v); rc != 0) {
+            return lmdb_error(rc, "reading chunk");
+        }
+        return {};
+    }
+
+    // Copies a value out of the file, not the map (see the note at the top). Call inside the
+    // transaction that found it.
+    Status copy_value(const MDB_val& v, char* dst) {
+        if (dst == nullptr) return make_error(kErrStore, "no memory to read a chunk into");
+        const auto* at = static_cast<const char*>(v.mv_data);
+        if (at < map_ || at + v.mv_size > map_ + map_len_) {
+            return make_error(kErrStore, "chunk outside the map of " + path_);
+        }
+        auto off = static_cast<off_t>(at - map_);
+        std::size_t done = 0;
+        while (done < v.mv_size) {
+            ssize_t n = ::pread(fd_, dst + done, v.mv_size - done, off + static_cast<off_t>(done));
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) {
+                return make_error(kErrStore, "reading " + path_ + "/data.mdb: " +
+                                                 (n == 0 ? std::string("short file")
+                                                         : std::string(std::strerror(errno))));
+            }
+            done += static_cast<std::size_t>(n);
+        }
+        return {};
+    }
+
     // LMDB does not say where it mapped data.mdb (me_mapaddr is only set for MDB_FIXEDMAP), so
     // find the mapping of that file, offset 0, in /proc/self/maps.
     Status find_map() {

@@ -175,6 +175,32 @@ public:
         return {};
     }
 
+    Result<std::optional<SmallRead>> read_small(
+        std::string_view digest, std::uint64_t max_bytes,
+        const std::function<char*(std::size_t)>& place) override {
+        std::lock_guard lock(mu_);
+        auto it = state_.meta.find(digest);
+        if (it == state_.meta.end()) return std::optional<SmallRead>{};
+        SmallRead out{it->second, false};
+        const BlobMeta& m = out.meta;
+        if (m.state != BlobState::complete || m.size > max_bytes || m.size > chunk_size_) {
+            return std::optional<SmallRead>{std::move(out)};
+        }
+        if (m.size > 0) {
+            auto c = state_.chunks.find({m.blob_id, 0});
+            if (c == state_.chunks.end())
+                return make_error(kErrNotFound, "reading chunk: not found");
+            if (c->second->size() != m.size) {
+                return make_error(kErrStore, "chunk shorter than its blob says: " + m.digest);
+            }
+            char* dst = place(m.size);
+            if (dst == nullptr) return make_error(kErrStore, "no memory to read a chunk into");
+            std::memcpy(dst, c->second->data(), m.size);
+        }
+        out.copied = true;
+        return std::optional<SmallRead>{std::move(out)};
+    }
+
     Result<std::unique_ptr<StoreWrite>> begin_write() override {
         std::unique_lock writer(writer_mu_);
         MemState copy;

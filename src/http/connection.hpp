@@ -67,6 +67,8 @@ public:
     void exchange_resume_body(Exchange& ex);
     void exchange_send_head(Exchange& ex, int status, HeaderList headers,
                             std::optional<std::uint64_t> content_length);
+    void exchange_send_head_lines(Exchange& ex, int status, std::string_view lines,
+                                  std::optional<std::uint64_t> content_length);
     bool exchange_write(Exchange& ex, std::string_view data);
     bool exchange_write(Exchange& ex, evbuffer* data);
     void exchange_finish(Exchange& ex);

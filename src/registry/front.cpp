@@ -93,6 +93,11 @@ metrics::Counter& outcome_counter(std::string_view kind, std::string_view outcom
         {{"kind", std::string(kind)}, {"outcome", std::string(outcome)}});
 }
 
+struct EvbufferFree {
+    void operator()(evbuffer* b) const { evbuffer_free(b); }
+};
+using EvbufferPtr = std::unique_ptr<evbuffer, EvbufferFree>;
+
 // ---------------------------------------------------------------------------------------------
 // Streams one BlobReader into one Exchange, a chunk at a time, only while the socket has room.
 class BlobStreamer : public std::enable_shared_from_this<BlobStreamer> {
@@ -166,23 +171,63 @@ private:
 
     std::shared_ptr<Exchange> ex_;
     std::unique_ptr<cache::BlobReader> reader_;
-    struct EvbufferFree {
-        void operator()(evbuffer* b) const { evbuffer_free(b); }
-    };
-    std::unique_ptr<evbuffer, EvbufferFree> piece_;  // staging for by-reference writes
+    EvbufferPtr piece_;  // staging for by-reference writes
     bool done_ = false;
 };
 
-HeaderList blob_headers(std::string_view digest) {
-    HeaderList h;
-    h.reserve(6);
-    h.emplace_back("Docker-Distribution-API-Version", "registry/2.0");
-    h.emplace_back("Content-Type", "application/octet-stream");
-    h.emplace_back("Docker-Content-Digest", std::string(digest));
-    h.emplace_back("ETag", "\"" + std::string(digest) + "\"");
-    h.emplace_back("Accept-Ranges", "bytes");
-    h.emplace_back("Cache-Control", "max-age=31536000");
+// The headers of a blob response, formatted ("Name: value\r\n" lines, see
+// Exchange::send_head_lines): they go out with every cache hit.
+std::string blob_head_lines(std::string_view digest) {
+    std::string h;
+    h.reserve(256);
+    h += "Docker-Distribution-API-Version: registry/2.0\r\n"
+         "Content-Type: application/octet-stream\r\n"
+         "Docker-Content-Digest: ";
+    h += digest;
+    h += "\r\nETag: \"";
+    h += digest;
+    h += "\"\r\n"
+         "Accept-Ranges: bytes\r\n"
+         "Cache-Control: max-age=31536000\r\n";
     return h;
+}
+
+// The Content-Range line of a 206, appended to blob_head_lines.
+void add_content_range(std::string& lines, const ByteSpan& span, std::uint64_t size) {
+    lines += "Content-Range: ";
+    lines += content_range(span, size);
+    lines += "\r\n";
+}
+
+// Whole GETs of complete blobs up to this size are answered from one read straight into the
+// response's output (Cache::read_small), without a reader and a streamer. That machinery (a
+// pin, two read transactions, a chunk buffer, callbacks) was most of a 16 KiB hit's cost.
+constexpr std::uint64_t kSmallBlob = 64 * 1024;
+
+enum class SmallHit { served, not_served };
+
+// Serves a GET without Range of `digest` when it is a complete small blob. not_served: larger,
+// not cached, still filling, or the read failed: the streaming path takes it and reports errors.
+SmallHit serve_small_hit(Exchange& ex, cache::Cache& cache, const std::string& digest) {
+    // One per thread (the loop and each hit worker); it is always empty between requests.
+    static thread_local EvbufferPtr staging(evbuffer_new());
+    evbuffer* body = staging.get();
+    if (body == nullptr) return SmallHit::not_served;
+    evbuffer_iovec vec{};
+    auto size = cache.read_small(digest, kSmallBlob, [&](std::size_t n) -> char* {
+        if (evbuffer_reserve_space(body, static_cast<ev_ssize_t>(n), &vec, 1) != 1) return nullptr;
+        vec.iov_len = n;
+        return static_cast<char*>(vec.iov_base);
+    });
+    if (!size || !*size) return SmallHit::not_served;
+    if (**size > 0 && evbuffer_commit_space(body, &vec, 1) != 0) return SmallHit::not_served;
+    ex.set_outcome("hit");  // before finish(), which logs the request
+    ex.send_head_lines(200, blob_head_lines(digest), **size);
+    ex.write(body);
+    ex.finish();
+    // Whatever the exchange did not take (it closed) is dropped here.
+    evbuffer_drain(body, evbuffer_get_length(body));
+    return SmallHit::served;
 }
 
 // Answers a GET of a cached (or filling) blob, honouring `range`. `whole` is the reader of the
@@ -212,12 +257,12 @@ void respond_from_cache(const std::shared_ptr<Exchange>& ex, const std::string& 
     } else {
         reader = std::move(*whole);
     }
-    HeaderList h = blob_headers(digest);
+    std::string h = blob_head_lines(digest);
     if (span) {
-        h.emplace_back("Content-Range", content_range(*span, *size));
-        ex->send_head(206, std::move(h), span->last - span->first + 1);
+        add_content_range(h, *span, *size);
+        ex->send_head_lines(206, h, span->last - span->first + 1);
     } else {
-        ex->send_head(200, std::move(h), size);
+        ex->send_head_lines(200, h, size);
     }
     std::make_shared<BlobStreamer>(ex, std::move(reader))->start();
 }
@@ -242,18 +287,24 @@ http::Handler make_hit_handler(cache::Cache& cache, const Authenticator* auth) {
             }
             if (admitted) {
                 const std::string& digest = route->reference;
+                // Looked up once: the registry's lookups take a lock, and two loops share it.
+                static metrics::Counter& hits = outcome_counter("blob", "hit");
+                static metrics::Counter& served = metrics::global().counter(
+                    "drayage_http_worker_hits_total",
+                    "Cache hits served by hit workers (http.workers), not the main loop.");
+                if (req.method == "GET" && req.header("Range").empty() &&
+                    serve_small_hit(*ex, cache, digest) == SmallHit::served) {
+                    hits.inc();
+                    served.inc();
+                    return;
+                }
                 auto whole = cache.open_complete_reader(digest, 0, std::nullopt);
                 if (whole) {
-                    // Looked up once: the registry's lookups take a lock, and two loops share it.
-                    static metrics::Counter& hits = outcome_counter("blob", "hit");
-                    static metrics::Counter& served = metrics::global().counter(
-                        "drayage_http_worker_hits_total",
-                        "Cache hits served by hit workers (http.workers), not the main loop.");
                     ex->set_outcome("hit");
                     hits.inc();
                     served.inc();
                     if (req.method == "HEAD") {
-                        ex->send_head(200, blob_headers(digest), (*whole)->blob_size());
+                        ex->send_head_lines(200, blob_head_lines(digest), (*whole)->blob_size());
                         return ex->finish();
                     }
                     return respond_from_cache(
@@ -363,11 +414,11 @@ Result<std::optional<ByteSpan>> parse_range(std::string_view header, std::uint64
 class PassThrough : public std::enable_shared_from_this<PassThrough> {
 public:
     PassThrough(std::shared_ptr<Exchange> ex, std::string digest, std::string range,
-                HeaderList headers)
+                std::string head_lines)
         : ex_(std::move(ex)),
           digest_(std::move(digest)),
           range_(std::move(range)),
-          headers_(std::move(headers)) {}
+          head_lines_(std::move(head_lines)) {}
 
     void start(BlobOrigin& origin, const std::string& repo) {
         auto self = shared_from_this();
@@ -400,11 +451,11 @@ private:
         if (*pr) {
             first_ = (*pr)->first;
             end_ = (*pr)->last + 1;
-            headers_.emplace_back("Content-Range", content_range(**pr, size_));
-            ex_->send_head(206, std::move(headers_), end_ - first_);
+            add_content_range(head_lines_, **pr, size_);
+            ex_->send_head_lines(206, head_lines_, end_ - first_);
         } else {
             end_ = size_;
-            ex_->send_head(200, std::move(headers_), size_);
+            ex_->send_head_lines(200, head_lines_, size_);
         }
         return true;
     }
@@ -468,7 +519,7 @@ private:
     std::shared_ptr<Exchange> ex_;
     std::string digest_;
     std::string range_;
-    HeaderList headers_;
+    std::string head_lines_;  // blob_head_lines
     std::shared_ptr<OriginTransfer> transfer_;
     std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> hash_{nullptr, EVP_MD_CTX_free};
     std::uint64_t size_ = 0;
@@ -858,11 +909,15 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
 
     void serve_proven_blob(const std::shared_ptr<Exchange>& ex, const Route& r) {
         const http::Request& req = ex->request();
+        static metrics::Counter& hits = outcome_counter("blob", "hit");
+        if (req.method == "GET" && req.header("Range").empty() &&
+            serve_small_hit(*ex, *deps.cache, r.reference) == SmallHit::served) {
+            return hits.inc();
+        }
         auto lookup = deps.cache->lookup(r.reference);
         if (!lookup) return send_error(*ex, 500, "UNKNOWN", lookup.error().message);
         if (req.method == "HEAD") return head_blob(ex, r, *lookup);
         if (lookup->presence != cache::Presence::absent) {
-            static metrics::Counter& hits = outcome_counter("blob", "hit");
             static metrics::Counter& joins = outcome_counter("blob", "join");
             const bool hit = lookup->presence == cache::Presence::complete;
             ex->set_outcome(hit ? "hit" : "join");
@@ -876,14 +931,14 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
         if (l.presence == cache::Presence::complete) {
             ex->set_outcome("hit");
             outcome_counter("blob", "hit").inc();
-            ex->send_head(200, blob_headers(r.reference), l.size);
+            ex->send_head_lines(200, blob_head_lines(r.reference), l.size);
             return ex->finish();
         }
         if (l.presence == cache::Presence::filling) {
             auto reader = deps.cache->open_reader(r.reference, 0, std::nullopt);
             if (reader && (*reader)->blob_size()) {
                 ex->set_outcome("join");
-                ex->send_head(200, blob_headers(r.reference), *(*reader)->blob_size());
+                ex->send_head_lines(200, blob_head_lines(r.reference), *(*reader)->blob_size());
                 return ex->finish();
             }
         }
@@ -903,7 +958,7 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
                 return send_origin_error(*ex, h.error(), "BLOB_UNKNOWN");
             }
             ex->set_outcome("head:" + std::string(self->deps.origins[i]->name()));
-            ex->send_head(200, blob_headers(r.reference), h->size);
+            ex->send_head_lines(200, blob_head_lines(r.reference), h->size);
             ex->finish();
         });
     }
@@ -989,7 +1044,7 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
                         w.ex->set_outcome("uncached:" + std::string(origin->name()));
                         outcome_counter("blob", "uncached").inc();
                         std::make_shared<PassThrough>(w.ex, miss->digest, w.range,
-                                                      blob_headers(miss->digest))
+                                                      blob_head_lines(miss->digest))
                             ->start(*origin, miss->repo);
                     }
                 });

@@ -1,5 +1,8 @@
 #include "drayage/registry/routes.hpp"
 
+#include <algorithm>
+#include <cstring>
+
 #include "drayage/registry/reference.hpp"
 
 namespace drayage::registry {
@@ -25,12 +28,19 @@ Status check_name(std::string_view name) {
     return {};
 }
 
+// The last '/' in s[0, end), or npos. memrchr: string_view::rfind(char) steps a byte at a time.
+std::size_t last_slash(std::string_view s, std::size_t end) {
+    const void* at = ::memrchr(s.data(), '/', std::min(end, s.size()));
+    return at == nullptr ? std::string_view::npos
+                         : static_cast<std::size_t>(static_cast<const char*>(at) - s.data());
+}
+
 // Splits "<name>/<marker>/<rest>" at the last occurrence of "/<marker>/". Walks the slashes
 // from the right: string_view::rfind of a needle compares at every position.
 bool split_last(std::string_view s, std::string_view marker, std::string_view& name,
                 std::string_view& rest) {
-    for (std::size_t end = s.rfind('/'); end != std::string_view::npos && end > marker.size();
-         end = s.rfind('/', end - 1)) {
+    for (std::size_t end = last_slash(s, s.size());
+         end != std::string_view::npos && end > marker.size(); end = last_slash(s, end)) {
         std::size_t start = end - marker.size();
         if (s[start - 1] != '/' || s.compare(start, marker.size(), marker) != 0) continue;
         if (start == 1) return false;  // "/<marker>/..." has no name

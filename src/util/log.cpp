@@ -138,13 +138,15 @@ std::string json_escape(std::string_view in) {
 }
 
 void access(const AccessRecord& r) {
+    if (!spdlog::should_log(spdlog::level::info)) return;
     double ms = static_cast<double>(r.duration.count()) / 1000.0;
     // The same fields in both formats; in JSON mode the whole line is escaped into "msg", so keep
     // it key=value shaped to stay greppable and parseable either way.
     spdlog::info(
         "access peer={} method={} path=\"{}\" status={} in={} out={} ms={:.3f} outcome={}{}{}",
         r.peer, r.method, r.path, r.status, r.bytes_in, r.bytes_out, ms,
-        r.outcome.empty() ? "-" : r.outcome, r.user.empty() ? "" : " user=", r.user);
+        r.outcome.empty() ? std::string_view("-") : r.outcome,
+        r.user.empty() ? std::string_view() : std::string_view(" user="), r.user);
 }
 
 }  // namespace drayage::log

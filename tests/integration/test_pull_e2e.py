@@ -76,8 +76,7 @@ def test_skopeo_pulls_through_mirror_and_second_pull_is_all_hits(upstream, draya
     time.sleep(0.5)  # the registry logs after the response
     assert upstream_blob_gets(upstream) == mark, "second pull fetched blobs upstream"
 
-    metrics = requests.get(d.url + "/metrics").text
-    assert 'drayage_registry_responses_total{kind="blob",outcome="hit"}' in metrics
+    assert d.metric("drayage_registry_responses_total", 'kind="blob",outcome="hit"') >= len(blobs)
 
 
 def test_containerd_pulls_through_mirror_with_ns_parameter(upstream, drayage_factory, tmp_path):
@@ -250,15 +249,6 @@ def test_upstream_down_serves_cached_and_fails_fast_otherwise(tmp_path, drayage_
     assert r.json()["errors"][0]["code"] == "UNAVAILABLE"
 
 
-def metric_value(d, name: str) -> float:
-    total = 0.0
-    for line in requests.get(f"{d.url}/metrics", timeout=10).text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-
 def test_restarted_mirror_serves_known_tags_while_upstream_is_down(tmp_path, drayage_factory):
     """Tag records outlive the process: a mirror restarted during an upstream outage still answers
     the tags it knew (stale, with a Warning) and their images still pull; records older than
@@ -355,14 +345,74 @@ def test_hit_workers_serve_hits_and_hand_everything_else_to_the_main_loop(upstre
         second = rest[mid.size:]
         assert second.startswith(b"HTTP/1.1 200"), second[:200]
         assert image.manifest_digest.encode() in second
-    worker_hits = metric_value(d, "drayage_http_worker_hits_total")
-    handoffs = metric_value(d, "drayage_http_handoffs_total")
+    worker_hits = d.metric("drayage_http_worker_hits_total")
+    handoffs = d.metric("drayage_http_handoffs_total")
     if workers == 0:
         assert worker_hits == 0 and handoffs == 0
     else:
         # 24 connections spread over 1 + workers loops: some land on a worker (2^-24 that none
         # does with one worker).
         assert worker_hits > 0 and handoffs > 0, (worker_hits, handoffs)
+    assert d.stop() == 0
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_small_blob_hits_are_whole_in_order_and_framed(upstream, drayage_factory, workers):
+    """Blobs up to 64 KiB are answered from one read of the cache straight into the response
+    (no reader): on the main loop and on the workers, at the size limit and past it, pipelined
+    several to a packet, with the same headers as any blob, and ranges still honoured."""
+    cfg = mirror_config(upstream.url)
+    cfg["http"] = {"workers": workers}
+    d = drayage_factory(cfg, name=f"small-{workers}")
+    sizes = [1, 16 * KiB, 64 * KiB - 1, 64 * KiB, 64 * KiB + 1, 300 * KiB]
+    image = upstream.push_image("e2e/small", "v1", sizes, seed=11)
+    bodies = {layer.digest: layer.path.read_bytes() for layer in image.layers}
+    path = lambda digest: f"/v2/e2e/small/blobs/{digest}"  # noqa: E731
+    for digest, body in bodies.items():  # cold: filled through the main loop
+        assert requests.get(d.url + path(digest), timeout=60).content == body
+    hits_before = d.metric("drayage_registry_responses_total", 'kind="blob",outcome="hit"')
+
+    # Every blob twice, pipelined in one packet; the last request closes the connection.
+    order = list(bodies) * 2
+    rounds = 12
+    for _ in range(rounds):
+        reqs = "".join(f"GET {path(dg)} HTTP/1.1\r\nHost: x\r\n\r\n" for dg in order[:-1])
+        reqs += f"GET {path(order[-1])} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", d.port), timeout=60) as sock:
+            sock.sendall(reqs.encode())
+            data = b""
+            while chunk := sock.recv(1 << 20):
+                data += chunk
+        for i, digest in enumerate(order):
+            head, data = data.split(b"\r\n\r\n", 1)
+            lines = head.decode().split("\r\n")
+            assert lines[0] == "HTTP/1.1 200 OK", (i, lines)
+            h = {k.lower(): v for k, v in (ln.split(": ", 1) for ln in lines[1:])}
+            body = bodies[digest]
+            assert int(h["content-length"]) == len(body)
+            assert h["content-type"] == "application/octet-stream"
+            assert h["docker-content-digest"] == digest
+            assert h["etag"] == f'"{digest}"'
+            assert h["accept-ranges"] == "bytes"
+            assert h["docker-distribution-api-version"] == "registry/2.0"
+            assert (h.get("connection") == "close") == (i == len(order) - 1)
+            assert data[:len(body)] == body, (i, len(body))
+            data = data[len(body):]
+        assert data == b""
+    hits = d.metric("drayage_registry_responses_total", 'kind="blob",outcome="hit"')
+    assert hits - hits_before == rounds * len(order)
+    assert d.log().count("outcome=hit") >= rounds * len(order)
+
+    small = image.layers[2]  # 64 KiB - 1
+    url = d.url + path(small.digest)
+    r = requests.get(url, headers={"Range": "bytes=100-199"}, timeout=60)
+    assert r.status_code == 206 and r.content == bodies[small.digest][100:200]
+    assert r.headers["Content-Range"] == f"bytes 100-199/{small.size}"
+    r = requests.head(url, timeout=60)
+    assert r.status_code == 200 and int(r.headers["Content-Length"]) == small.size
+    assert r.content == b""
+    if workers:
+        assert d.metric("drayage_http_worker_hits_total") > 0
     assert d.stop() == 0
 
 

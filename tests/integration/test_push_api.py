@@ -123,14 +123,7 @@ class Stack:
         assert self.get_object(self.link_key(repo, d)) == d.encode()
 
     def metric(self, name: str, labels: str = "") -> float:
-        text = requests.get(self.url + "/metrics", timeout=10).text
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith(name + ("{" if labels else "")) and labels in line:
-                if not labels and not (line.startswith(name + " ") or line.startswith(name + "{")):
-                    continue
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+        return self.drayage.metric(name, labels)
 
 
 @pytest.fixture

@@ -41,6 +41,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -160,6 +161,17 @@ public:
     virtual Result<std::optional<BlobMeta>> stat(std::string_view digest) = 0;
     // Copies chunk `index` of `blob_id` into `out`. kErrNotFound when absent (dropped meanwhile).
     virtual Status read_chunk(std::uint64_t blob_id, std::uint32_t index, ChunkBuffer& out) = 0;
+    // The meta of `digest` and, when the blob is complete and fits in one chunk of at most
+    // `max_bytes`, its bytes, copied to place(size) (not called for an empty blob), all in one
+    // read transaction: what is read is consistent without pinning the blob. `copied` says
+    // whether the bytes were copied. nullopt: no meta.
+    struct SmallRead {
+        BlobMeta meta;
+        bool copied = false;
+    };
+    virtual Result<std::optional<SmallRead>> read_small(
+        std::string_view digest, std::uint64_t max_bytes,
+        const std::function<char*(std::size_t)>& place) = 0;
     virtual Result<std::unique_ptr<StoreWrite>> begin_write() = 0;
     // Every meta record (any state), in key order. Reads in pages of short transactions.
     virtual Result<std::vector<BlobMeta>> list() = 0;

@@ -195,7 +195,7 @@ struct Document {
 
 struct CacheStats {
     StoreUsage store;
-    std::uint64_t hits = 0;   // readers opened on complete blobs
+    std::uint64_t hits = 0;   // readers opened on complete blobs, and read_small copies
     std::uint64_t joins = 0;  // readers joined to a running fill
     std::uint64_t fills_started = 0;
     std::uint64_t fills_completed = 0;
@@ -229,6 +229,13 @@ public:
     Result<std::unique_ptr<BlobReader>> open_complete_reader(std::string_view digest,
                                                              std::uint64_t offset,
                                                              std::optional<std::uint64_t> len);
+    // A complete blob of at most `max_bytes` (and one chunk), copied whole to place(size) in one
+    // read transaction: hits on small blobs need no reader and no pin. Any thread, like
+    // open_complete_reader. Returns the size when copied; nullopt when the blob is complete but
+    // larger (open a reader). kErrNotFound when not complete (absent, or being filled).
+    Result<std::optional<std::uint64_t>> read_small(std::string_view digest,
+                                                    std::uint64_t max_bytes,
+                                                    const std::function<char*(std::size_t)>& place);
     // Joins the running fill of `digest` or starts one. Errors: not a sha256 digest; kErrTooLarge
     // (expected size larger than max_size) and kErrUnwritable (the last write failed; retried
     // after a backoff of 5 s doubling to 60 s): the caller streams without caching.

@@ -115,6 +115,11 @@ public:
     // `headers`; the server owns framing. For HEAD, Content-Length is sent as given and no body.
     // 204, 304 and 1xx carry no body and no framing headers. Calling it twice is ignored.
     void send_head(int status, HeaderList headers, std::optional<std::uint64_t> content_length);
+    // The same with the headers already formatted, each line "Name: value\r\n": the cache-hit
+    // path formats its few headers into one reused string instead of a HeaderList. The lines
+    // must not carry framing headers (Content-Length, Transfer-Encoding, Connection).
+    void send_head_lines(int status, std::string_view header_lines,
+                         std::optional<std::uint64_t> content_length);
     // Queues body bytes. Returns false when the output is above the high watermark (wait for
     // on_writable) or the exchange can send nothing more (connection closed, finished). Bytes
     // past the announced Content-Length are dropped and logged (a handler bug). For HEAD the

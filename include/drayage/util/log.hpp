@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 #include "drayage/util/result.hpp"
 
@@ -31,16 +32,17 @@ bool parse_level(const std::string& name, spdlog::level::level_enum& out);
 
 // One request, one line. Fields are what an operator greps for; `outcome` carries the cache and
 // source result ("hit", "miss:s3", "miss:upstream", ...) once the registry front sets it.
+// Views: a record is logged during the call that builds it (one per request, so no copies).
 struct AccessRecord {
-    std::string peer;
-    std::string method;
-    std::string path;  // without the query string (it may carry secrets)
+    std::string_view peer;
+    std::string_view method;
+    std::string_view path;  // without the query string (it may carry secrets)
     int status = 0;
     std::uint64_t bytes_in = 0;
     std::uint64_t bytes_out = 0;
     std::chrono::microseconds duration{0};
-    std::string outcome;
-    std::string user;
+    std::string_view outcome;
+    std::string_view user;
 };
 void access(const AccessRecord& record);
 

@@ -87,6 +87,14 @@ std::string_view BlobDigest::algorithm_name() const {
 }
 
 Result<BlobDigest> BlobDigest::parse(std::string_view text) {
+    // Nearly every digest is sha256: checked in one pass (every request carries one).
+    constexpr std::string_view kSha256 = "sha256:";
+    if (text.size() == kSha256.size() + 64 && text.starts_with(kSha256)) {
+        bool hex = true;
+        for (char c : text.substr(kSha256.size()))
+            hex &= is_lower_hex(c);
+        if (hex) return BlobDigest(DigestAlgorithm::sha256, std::string(text), kSha256.size() - 1);
+    }
     const std::size_t colon = text.find(':');
     if (colon == std::string_view::npos) return digest_error(text, "no ':'");
     const std::string_view alg = text.substr(0, colon);

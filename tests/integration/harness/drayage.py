@@ -4,6 +4,7 @@ import os
 import pathlib
 import subprocess
 
+import requests
 import yaml
 
 from .net import free_port, wait_for_port, terminate
@@ -60,6 +61,18 @@ class Drayage:
                 self.stop()
                 raise RuntimeError("drayage failed to start:\n" + self.log())
         return self
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """The sum of metric `name` over its series whose labels contain `labels`
+        (e.g. 'kind="blob",outcome="hit"'); 0 when there is none."""
+        total = 0.0
+        for line in requests.get(self.url + "/metrics", timeout=10).text.splitlines():
+            if not (line.startswith(name + " ") or line.startswith(name + "{")):
+                continue
+            if labels and labels not in line.split("}", 1)[0]:
+                continue
+            total += float(line.rsplit(" ", 1)[1])
+        return total
 
     def log(self) -> str:
         try:

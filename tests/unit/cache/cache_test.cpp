@@ -584,3 +584,83 @@ TEST_CASE("complete readers opened on other threads while the loop fills and evi
     h->fill->fail(drayage::make_error("test", "done"));
     wait_idle(*cache, b.base);
 }
+
+TEST_CASE("small blobs read whole on other threads while the loop fills and evicts them",
+          "[cache][threads]") {
+    // What a hit on a small blob does (read_small, no pin): the read transaction's snapshot
+    // alone must keep what is copied whole and right while the writer evicts. Under
+    // ThreadSanitizer in CI.
+    TempDir dir;
+    Base b;
+    auto cache = open_cache(b.base, LmdbCache::options(dir, 1024 * 1024));
+    struct Blob {
+        std::string data;
+        std::string digest;
+    };
+    std::vector<Blob> blobs;
+    for (int i = 0; i < 60; ++i) {
+        std::string data = random_bytes(40 * 1024 + static_cast<std::uint64_t>(i), 500 + i);
+        std::string digest = sha256_digest(data);
+        blobs.push_back({std::move(data), std::move(digest)});
+    }
+    REQUIRE(fill_blob(*cache, b.base, blobs[0].data, blobs[0].digest)->succeeded());
+
+    std::atomic<bool> stop{false};
+    std::atomic<int> copies{0};
+    std::atomic<int> bad{0};
+    std::atomic<std::size_t> filled{1};
+    std::vector<std::thread> readers;
+    for (int t = 0; t < 3; ++t) {
+        readers.emplace_back([&, t] {
+            std::string buf;
+            for (std::size_t n = static_cast<std::size_t>(t); !stop.load(); ++n) {
+                const Blob& blob = blobs[n % filled.load()];
+                auto r = cache->read_small(blob.digest, kChunk, [&](std::size_t size) {
+                    buf.assign(size, 'x');
+                    return buf.data();
+                });
+                if (!r) {
+                    if (r.error().code != kErrNotFound) ++bad;  // evicted: fine
+                    continue;
+                }
+                if (!*r || **r != blob.data.size() || buf != blob.data) {
+                    ++bad;
+                    continue;
+                }
+                ++copies;
+            }
+        });
+    }
+    // 60 blobs of 40 KiB through a 1 MiB cache: most are evicted while the readers read them.
+    for (std::size_t i = 1; i < blobs.size(); ++i) {
+        REQUIRE(fill_blob(*cache, b.base, blobs[i].data, blobs[i].digest)->succeeded());
+        filled = i + 1;
+    }
+    while (copies.load() < 200)
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    stop = true;
+    for (auto& th : readers)
+        th.join();
+    CHECK(bad.load() == 0);
+    CHECK(cache->stats().evicted_blobs > 0);
+    CHECK(cache->stats().hits >= static_cast<std::uint64_t>(copies.load()));
+
+    // Larger than asked: the caller opens a reader instead. Being filled: not complete.
+    const Blob& last = blobs.back();
+    auto larger = cache->read_small(last.digest, 1024, [](std::size_t) -> char* {
+        FAIL("placed a blob larger than asked");
+        return nullptr;
+    });
+    REQUIRE(larger.ok());
+    CHECK_FALSE(larger->has_value());
+    std::string filling = random_bytes(1000, 9);
+    auto h = cache->start_or_join_fill(sha256_digest(filling), filling.size());
+    REQUIRE(h.ok());
+    CHECK(cache
+              ->read_small(sha256_digest(filling), kChunk,
+                           [](std::size_t) -> char* { return nullptr; })
+              .error()
+              .code == kErrNotFound);
+    h->fill->fail(drayage::make_error("test", "done"));
+    wait_idle(*cache, b.base);
+}

@@ -90,6 +90,66 @@ TEMPLATE_TEST_CASE("store round trips at chunk boundaries", "[store]", LmdbKind,
     }
 }
 
+TEMPLATE_TEST_CASE("store reads small complete blobs whole in one go", "[store]", LmdbKind,
+                   MemoryKind) {
+    TempDir dir;
+    auto store = TestType::make({dir.path.string(), 64 * 1024 * 1024, 256 * 1024});
+    const std::uint64_t cs = store->chunk_size();
+    std::string placed;
+    int calls = 0;
+    auto place = [&](std::size_t n) {
+        ++calls;
+        placed.assign(n, '\0');
+        return placed.data();
+    };
+    for (std::uint64_t size : {std::uint64_t{0}, std::uint64_t{1}, std::uint64_t{16384}, cs}) {
+        DYNAMIC_SECTION("size " << size) {
+            std::string data = random_bytes(size, size + 7);
+            std::string digest = sha256_digest(data);
+            write_blob(*store, digest, data);
+            auto r = store->read_small(digest, cs, place);
+            REQUIRE(r.ok());
+            REQUIRE(r->has_value());
+            CHECK((*r)->copied);
+            CHECK((*r)->meta.size == size);
+            CHECK(calls == (size == 0 ? 0 : 1));
+            if (size > 0) CHECK(placed == data);
+        }
+    }
+    SECTION("larger than asked, or than a chunk: the meta only") {
+        std::string data = random_bytes(cs + 1, 3);
+        std::string digest = sha256_digest(data);
+        write_blob(*store, digest, data);
+        for (std::uint64_t max : {std::uint64_t{1024}, cs + 1, std::uint64_t{1} << 30}) {
+            auto r = store->read_small(digest, max, place);
+            REQUIRE(r.ok());
+            REQUIRE(r->has_value());
+            CHECK_FALSE((*r)->copied);
+            CHECK((*r)->meta.size == cs + 1);
+        }
+        CHECK(calls == 0);
+    }
+    SECTION("absent, and still filling") {
+        auto r = store->read_small(sha256_digest("nothing"), cs, place);
+        REQUIRE(r.ok());
+        CHECK_FALSE(r->has_value());
+        auto w = store->begin_write();
+        REQUIRE(w.ok());
+        BlobMeta m;
+        m.digest = sha256_digest("filling");
+        m.blob_id = *(*w)->new_blob_id();
+        REQUIRE((*w)->put_chunk(m.blob_id, 0, "fill").ok());
+        REQUIRE((*w)->put_meta(m).ok());  // state filling
+        REQUIRE((*w)->commit().ok());
+        r = store->read_small(m.digest, cs, place);
+        REQUIRE(r.ok());
+        REQUIRE(r->has_value());
+        CHECK_FALSE((*r)->copied);
+        CHECK((*r)->meta.state == BlobState::filling);
+        CHECK(calls == 0);
+    }
+}
+
 TEMPLATE_TEST_CASE("store drops blobs and collects their chunks in bounded steps", "[store]",
                    LmdbKind, MemoryKind) {
     TempDir dir;
