@@ -16,11 +16,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "drayage/cache/cache.hpp"
@@ -152,7 +154,9 @@ struct BaseDeleter {
 int serve(const drayage::config::Config& cfg) {
     using namespace drayage;
     std::signal(SIGPIPE, SIG_IGN);
-    evthread_use_pthreads();  // the hit workers wake the main loop (and it them) across threads
+    // The hit workers wake the main loop (and it them) across threads, and so do the password
+    // verifier threads.
+    evthread_use_pthreads();
     std::unique_ptr<event_base, BaseDeleter> base(event_base_new());
     if (!base) {
         spdlog::critical("cannot create the event loop");
@@ -237,6 +241,13 @@ int serve(const drayage::config::Config& cfg) {
             return 1;
         }
         authenticator = std::move(*a);
+        // bcrypt off the loop: 2 threads, up to 4 on larger machines (half the CPUs).
+        const int verifiers =
+            std::clamp(static_cast<int>(std::thread::hardware_concurrency() / 2), 2, 4);
+        if (auto st = authenticator->start_verifier(base.get(), verifiers); !st) {
+            spdlog::critical("auth: {}", st.error().message);
+            return 1;
+        }
         deps.auth = authenticator.get();
         if (!cfg.auth->passthrough.empty() && !cfg.upstream.url.empty()) {
             upstream_access = std::make_unique<registry::UpstreamAccessCheck>(

@@ -274,10 +274,10 @@ Result<TokenClaims> verify_token(std::string_view token, std::string_view key,
 
 // ---- Authenticator ------------------------------------------------------------------------------
 
+Authenticator::~Authenticator() = default;
+
 Authenticator::Authenticator(const config::AuthConfig& config, bool docker_hub, bool tls)
     : config_(config), policy_(config, docker_hub), tls_(tls) {}
-
-Authenticator::~Authenticator() = default;
 
 Result<std::unique_ptr<Authenticator>> Authenticator::create(const config::AuthConfig& config,
                                                              bool docker_hub, bool tls) {
@@ -285,7 +285,7 @@ Result<std::unique_ptr<Authenticator>> Authenticator::create(const config::AuthC
     if (!config.htpasswd_path.empty()) {
         auto h = Htpasswd::load(config.htpasswd_path);
         if (!h) return h.error();
-        a->htpasswd_ = std::move(*h);
+        a->htpasswd_ = std::make_shared<const Htpasswd>(std::move(*h));
     }
     if (config.token_key.empty()) {
         a->key_ = random_bytes(32);
@@ -315,27 +315,46 @@ Status Authenticator::reload(const config::AuthConfig& config) {
     }
     AccessPolicy policy(config, policy_.docker_hub());
     std::unique_lock lock(reload_mu_);
-    htpasswd_ = std::move(h);
+    htpasswd_ = std::make_shared<const Htpasswd>(std::move(h));
+    ++generation_;
     policy_ = std::move(policy);
     config_.htpasswd_path = config.htpasswd_path;
     config_.groups = config.groups;
     config_.rules = config.rules;
     config_.passthrough = config.passthrough;
     verified_.clear();
+    refused_.clear();
     return {};
 }
 
-bool Authenticator::check_basic(std::string_view user, std::string_view password) {
-    std::string id = s3::hmac_sha256(cache_key_, std::string(user) + '\0' + std::string(password));
+std::string Authenticator::credentials_key(std::string_view user, std::string_view password) const {
+    return s3::hmac_sha256(cache_key_, std::string(user) + '\0' + std::string(password));
+}
+
+std::optional<bool> Authenticator::known_answer(const std::string& key) {
     auto now = Clock::now();
-    if (auto it = verified_.find(id); it != verified_.end()) {
-        if (it->second > now) return true;
-        verified_.erase(it);
+    for (auto* answers : {&verified_, &refused_}) {
+        if (auto it = answers->find(key); it != answers->end()) {
+            if (it->second > now) return answers == &verified_;
+            answers->erase(it);
+        }
     }
-    if (!htpasswd_.verify(user, password)) return false;
-    if (verified_.size() >= kVerifiedMax) verified_.clear();
-    verified_[id] = now + kVerifiedTtl;
-    return true;
+    return std::nullopt;
+}
+
+void Authenticator::remember(const std::string& key, bool ok) {
+    auto& answers = ok ? verified_ : refused_;
+    if (answers.size() >= kVerifiedMax) answers.clear();
+    answers[key] = Clock::now() + kVerifiedTtl;
+}
+
+bool Authenticator::check_basic(std::string_view user, std::string_view password) {
+    std::string key = credentials_key(user, password);
+    if (auto known = known_answer(key)) return *known;
+    // On this thread: no verifier was started, or the answer prepare() fetched expired since.
+    bool ok = htpasswd_->verify(user, password);
+    remember(key, ok);
+    return ok;
 }
 
 namespace {
@@ -613,30 +632,38 @@ void Authenticator::issue(http::Exchange& ex, const Principal& who, bool local,
                dump(body));
 }
 
+void Authenticator::token_get(const std::shared_ptr<http::Exchange>& ex) {
+    const http::Request& req = ex->request();
+    auto q = parse_form(req.query);
+    std::string service = first(q, "service");
+    if (!service.empty() && service != config_.token_service)
+        return ex->respond(
+            400, {{"Content-Type", "application/json"}},
+            dump(json{{"error", "invalid_request"}, {"error_description", "unknown service"}}));
+    Identity id = identify(req);
+    if (id.kind == Identity::Kind::bearer)
+        return refuse_token(*ex, config_.token_service,
+                            "the token endpoint takes Basic credentials");
+    std::vector<ResourceAccess> want;
+    for (auto [it, end] = q.equal_range("scope"); it != end; ++it) {
+        auto more = parse_scopes(it->second, policy_.docker_hub());
+        want.insert(want.end(), more.begin(), more.end());
+    }
+    auto creds = basic_credentials(req);
+    bool local = id.kind != Identity::Kind::bad_credentials;
+    Principal who = local ? id.principal : Principal{creds ? creds->first : "", false};
+    if (!local && !creds) return refuse_token(*ex, config_.token_service, id.problem);
+    return grant(ex, who, local, creds, std::move(want), false,
+                 first(q, "offline_token") == "true");
+}
+
 void Authenticator::handle_token(const std::shared_ptr<http::Exchange>& ex) {
     const http::Request& req = ex->request();
     if (req.method == "GET") {
-        auto q = parse_form(req.query);
-        std::string service = first(q, "service");
-        if (!service.empty() && service != config_.token_service)
-            return ex->respond(
-                400, {{"Content-Type", "application/json"}},
-                dump(json{{"error", "invalid_request"}, {"error_description", "unknown service"}}));
-        Identity id = identify(req);
-        if (id.kind == Identity::Kind::bearer)
-            return refuse_token(*ex, config_.token_service,
-                                "the token endpoint takes Basic credentials");
-        std::vector<ResourceAccess> want;
-        for (auto [it, end] = q.equal_range("scope"); it != end; ++it) {
-            auto more = parse_scopes(it->second, policy_.docker_hub());
-            want.insert(want.end(), more.begin(), more.end());
-        }
-        auto creds = basic_credentials(req);
-        bool local = id.kind != Identity::Kind::bad_credentials;
-        Principal who = local ? id.principal : Principal{creds ? creds->first : "", false};
-        if (!local && !creds) return refuse_token(*ex, config_.token_service, id.problem);
-        return grant(ex, who, local, creds, std::move(want), false,
-                     first(q, "offline_token") == "true");
+        // The credentials are checked off the loop first when they are new (prepare()).
+        return prepare(req, [this, ex] {
+            if (!ex->closed()) token_get(ex);
+        });
     }
     if (req.method != "POST")
         return ex->respond(405, {{"Content-Type", "application/json"}, {"Allow", "GET, POST"}},
@@ -663,15 +690,19 @@ void Authenticator::handle_token(const std::shared_ptr<http::Exchange>& ex) {
             std::string user = first(f, "username");
             std::string password = first(f, "password");
             if (user.empty()) return refuse_token(*e, config_.token_service, "no username");
-            bool local = check_basic(user, password);
-            return grant(e, Principal{user, local}, local, std::make_pair(user, password),
-                         std::move(want), true, true);
+            return prepare_password(
+                user, password, [this, e, user, password, want = std::move(want)]() mutable {
+                    if (e->closed()) return;
+                    bool local = check_basic(user, password);
+                    grant(e, Principal{user, local}, local, std::make_pair(user, password),
+                          std::move(want), true, true);
+                });
         }
         if (grant_type == "refresh_token") {
             auto c = verify_token(first(f, "refresh_token"), key_, config_.token_issuer,
                                   config_.token_service, clock::unix_now());
             if (!c || c->typ != "refresh" || c->sub.empty() || c->upstream_only ||
-                !htpasswd_.has_user(c->sub))
+                !htpasswd_->has_user(c->sub))
                 return refuse_token(*e, config_.token_service, "invalid refresh token");
             return issue(*e, Principal{c->sub, true}, true, want, {}, true, true);
         }

@@ -688,8 +688,12 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
     void admit(const std::shared_ptr<Exchange>& ex, Route r) {
         if (r.endpoint == Endpoint::healthz || r.endpoint == Endpoint::metrics)
             return dispatch(ex, r, Identity{});
-        Identity who;
-        if (admit_by_rules(ex, r, who)) return dispatch(ex, r, who);
+        // New Basic credentials are checked off the loop first (bcrypt); the rest at once.
+        deps.auth->prepare(ex->request(), [self = shared_from_this(), ex, r]() mutable {
+            if (ex->closed()) return;
+            Identity who;
+            if (self->admit_by_rules(ex, r, who)) self->dispatch(ex, r, who);
+        });
     }
 
     // True when the rules admit the request; false when the exchange has been answered or a

@@ -466,3 +466,38 @@ def test_hit_workers_admit_tokens_and_anonymous_reads_and_leave_the_rest_to_the_
     # 48 admitted hits over four loops: the workers took some.
     assert worker_hits(mirror) > before
     assert "user=alice" in mirror.log()
+
+
+def test_password_checks_run_beside_the_loop(build_dir, tmp_path, upstream):
+    """bcrypt is slow by design. drayage checks new passwords on threads of its own: while one
+    is being checked (cost 15 here, a second or more), the loop goes on answering other clients.
+    Clients sending the same new credentials at once share one check; a wrong password is
+    checked once, then refused from memory."""
+    wd = tmp_path / "slow"
+    cfg = {
+        "upstream": {"url": upstream.url, "username": "mirror", "password": "mpw"},
+        "auth": auth_config(wd, RULES),
+        "http": {"workers": 0},  # one loop: a check on it would hold up every other request
+    }
+    entry = subprocess.run(["htpasswd", "-Bbn", "-C", "15", "carol", "cpw"], check=True,
+                           capture_output=True, text=True).stdout.strip()
+    pathlib.Path(cfg["auth"]["htpasswd"]["path"]).write_text(entry + "\n")
+    d = Drayage(build_dir / "src" / "drayage", wd, cfg).start()
+    checks = lambda result: d.metric("drayage_auth_password_checks_total",  # noqa: E731
+                                     f'result="{result}"')
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            carol = [pool.submit(raw_get, d.port, "/v2/", {"Authorization": basic("carol", "cpw")})
+                     for _ in range(2)]
+            time.sleep(0.3)  # both are in
+            for _ in range(5):
+                assert raw_get(d.port, "/v2/")[0] == 401  # anonymous: challenged at once
+            assert not any(f.done() for f in carol), "the loop waited for a password check"
+            assert [f.result()[0] for f in carol] == [200, 200]
+        assert checks("ok") == 1
+        assert raw_get(d.port, "/v2/", {"Authorization": basic("carol", "cpw")})[0] == 200
+        for _ in range(3):
+            assert raw_get(d.port, "/v2/", {"Authorization": basic("carol", "nope")})[0] == 401
+        assert (checks("ok"), checks("wrong")) == (1, 1)
+    finally:
+        d.stop()

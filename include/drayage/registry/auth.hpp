@@ -14,11 +14,13 @@
 //
 // The pure pieces (normalisation, globs, AccessPolicy, JWT signing/verification, scope parsing,
 // htpasswd lookup) have no I/O besides reading files at load; Authenticator ties them to
-// requests. Everything here runs on the event loop's thread; nothing throws.
+// requests. Everything here runs on the event loop's thread (bcrypt runs on the Authenticator's
+// verifier threads, see start_verifier; admit_hit runs on the hit workers); nothing throws.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -183,6 +185,23 @@ public:
     // Tokens already issued are checked against the new rules from now on.
     Status reload(const config::AuthConfig& config);
 
+    // From now on, Basic credentials are checked with bcrypt on `threads` threads of their own
+    // and the answers come back on `base`'s loop (prepare()). bcrypt is slow by design (46 ms
+    // per check at cost 10 here): on the loop, every client with a new password, or a wrong
+    // one, would stall every transfer for that long. Without it (tests, the CLI) identify()
+    // checks on the caller's thread. Call once, before serving.
+    Status start_verifier(event_base* base, int threads);
+
+    // Runs `then` on the loop once the Basic credentials of `request`, if any, have an answer
+    // that identify() finds without bcrypt: at once when there are none, or they are Bearer,
+    // or their answer is known (kept 60 s, right or wrong, until a SIGHUP); else after a
+    // verifier thread has checked them. Concurrent checks of the same credentials share one
+    // bcrypt. `then` is dropped, never run, if the Authenticator goes first.
+    void prepare(const http::Request& request, std::function<void()> then);
+    // The same for a user and password not in a header (the token endpoint's password grant).
+    void prepare_password(std::string_view user, std::string_view password,
+                          std::function<void()> then);
+
     // Basic or Bearer credentials of a request. Never fails: bad ones are Kind::bad_credentials.
     Identity identify(const http::Request& request);
 
@@ -222,6 +241,7 @@ public:
 private:
     Authenticator(const config::AuthConfig& config, bool docker_hub, bool tls);
     bool check_basic(std::string_view user, std::string_view password);
+    void token_get(const std::shared_ptr<http::Exchange>& ex);  // GET /auth/token
     Identity bearer_identity(std::string_view token) const;
     std::string realm_for(const http::Request& request) const;
     // `local`: the principal was verified by drayage (rules apply to it); `upstream`: grants
@@ -240,7 +260,10 @@ private:
     mutable std::shared_mutex reload_mu_;
     config::AuthConfig config_;
     AccessPolicy policy_;
-    Htpasswd htpasswd_;
+    // Shared with the verifier threads, which check against the file as it was when asked;
+    // reload() swaps it and bumps the generation, and older answers are checked again.
+    std::shared_ptr<const Htpasswd> htpasswd_ = std::make_shared<const Htpasswd>();
+    std::uint64_t generation_ = 0;
     std::string key_;
     std::string cache_key_;  // HMAC key for the verified-credentials cache
     bool tls_ = false;
@@ -249,6 +272,18 @@ private:
     // would cost tens of milliseconds of loop time (46 ms at cost 10 here); a changed or removed
     // password is seen within the TTL, at once after SIGHUP.
     std::map<std::string, std::chrono::steady_clock::time_point> verified_;
+    // The same for wrong credentials: a client retrying a wrong password (or many clients with
+    // one) costs one bcrypt a minute, not one per request. A right password is another key.
+    std::map<std::string, std::chrono::steady_clock::time_point> refused_;
+    // The cached answer for `key` (an HMAC of user and password), if one is fresh.
+    std::optional<bool> known_answer(const std::string& key);
+    void remember(const std::string& key, bool ok);
+    std::string credentials_key(std::string_view user, std::string_view password) const;
+    struct Verifier;
+    struct VerifierStop {  // joins the threads; defined beside Verifier
+        void operator()(Verifier* v) const;
+    };
+    std::unique_ptr<Verifier, VerifierStop> verifier_;
 };
 
 // auth.passthrough: the upstream decides whether a client may pull a repository, with the

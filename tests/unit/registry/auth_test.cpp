@@ -1,6 +1,8 @@
 // Unit tests of the pure auth pieces: name normalisation, globs, rules, htpasswd, JWTs, scopes.
 #include "drayage/registry/auth.hpp"
 
+#include <event2/event.h>
+#include <event2/thread.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -12,6 +14,7 @@
 #include <vector>
 
 #include "drayage/registry/routes.hpp"
+#include "drayage/util/metrics.hpp"
 
 using namespace drayage;
 using namespace drayage::registry;
@@ -283,5 +286,99 @@ TEST_CASE("hit workers admit anonymous and Bearer reads, also while the rules re
     CHECK(admitted > 0);
     CHECK(refused > 0);
     CHECK_FALSE(auth.admit_hit(alice, "private/app"));  // the last rules have no private rule
+    fs::remove_all(dir);
+}
+
+TEST_CASE("passwords are checked off the loop, once per credentials, and the answers kept") {
+    namespace fs = std::filesystem;
+    evthread_use_pthreads();  // as main() does: the verifier threads wake the loop
+    fs::path dir =
+        fs::temp_directory_path() / ("drayage-verifier-test-" + std::to_string(::getpid()));
+    fs::create_directories(dir);
+    { std::ofstream(dir / "htpasswd") << kHtpasswd; }
+    config::AuthConfig c = rules_config();
+    c.htpasswd_path = (dir / "htpasswd").string();
+    auto created = Authenticator::create(c, false, false);
+    REQUIRE(created);
+    std::unique_ptr<Authenticator> auth = std::move(*created);
+    event_base* base = event_base_new();
+    REQUIRE(base != nullptr);
+    REQUIRE(auth->start_verifier(base, 2));
+
+    auto request = [](std::string authorization) {
+        http::Request r;
+        if (!authorization.empty()) r.headers.emplace_back("Authorization", authorization);
+        return r;
+    };
+    auto basic = [&](const std::string& user_pw_base64) {
+        return request("Basic " + user_pw_base64);
+    };
+    auto checks = [](const char* result) {
+        return metrics::global()
+            .counter("drayage_auth_password_checks_total", "", {{"result", result}})
+            .value();
+    };
+    auto run_until = [&](const std::function<bool()>& done) {
+        for (int i = 0; i < 10'000 && !done(); ++i) {
+            event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
+        return done();
+    };
+    const std::uint64_t ok0 = checks("ok");
+    const std::uint64_t wrong0 = checks("wrong");
+
+    // Nothing to check: at once.
+    int ran = 0;
+    auth->prepare(request(""), [&] { ++ran; });
+    auth->prepare(request("Bearer abc"), [&] { ++ran; });
+    auth->prepare(request("Basic !!!"), [&] { ++ran; });  // malformed: identify() refuses it
+    CHECK(ran == 3);
+
+    // New credentials: not on the caller's thread; two asking at once share one bcrypt.
+    ran = 0;
+    const http::Request alice = basic("YWxpY2U6cHc=") /* alice:pw */;
+    auth->prepare(alice, [&] { ++ran; });
+    auth->prepare(alice, [&] { ++ran; });
+    CHECK(ran == 0);
+    REQUIRE(run_until([&] { return ran == 2; }));
+    CHECK(checks("ok") == ok0 + 1);
+    CHECK(auth->identify(alice).kind == Identity::Kind::basic);
+    auth->prepare(alice, [&] { ++ran; });  // known now
+    CHECK(ran == 3);
+
+    // A wrong password is checked once too, and then refused without bcrypt.
+    const http::Request wrong = basic("YWxpY2U6bm9wZQ==") /* alice:nope */;
+    auth->prepare(wrong, [&] { ++ran; });
+    CHECK(ran == 3);
+    REQUIRE(run_until([&] { return ran == 4; }));
+    CHECK(checks("wrong") == wrong0 + 1);
+    CHECK(auth->identify(wrong).kind == Identity::Kind::bad_credentials);
+    auth->prepare(wrong, [&] { ++ran; });
+    CHECK(ran == 5);
+    CHECK(checks("wrong") == wrong0 + 1);
+
+    // A reload while a check is under way: the answer is the new file's.
+    const http::Request bob = basic("Ym9iOmJvYnB3") /* bob:bobpw */;
+    auth->prepare(bob, [&] { ++ran; });
+    {
+        std::ofstream(dir / "htpasswd")
+            << "alice:$2y$04$m6vRZdScEsM6jqP3dJnYOu2DKYcE8zKLgNOGsHcOTF9tGDSabVNi2\n";
+    }
+    REQUIRE(auth->reload(c));  // bob is gone
+    REQUIRE(run_until([&] { return ran == 6; }));
+    CHECK(auth->identify(bob).kind == Identity::Kind::bad_credentials);
+    // The reload forgot every answer: alice is checked again.
+    auth->prepare(alice, [&] { ++ran; });
+    CHECK(ran == 6);
+    REQUIRE(run_until([&] { return ran == 7; }));
+
+    // Going away with a check pending: the callback is dropped, never run.
+    bool late = false;
+    auth->prepare(basic("Y2Fyb2w6eA==") /* carol:x */, [&] { late = true; });
+    auth.reset();
+    event_base_loop(base, EVLOOP_NONBLOCK);
+    CHECK_FALSE(late);
+    event_base_free(base);
     fs::remove_all(dir);
 }
