@@ -512,6 +512,13 @@ void Authenticator::challenge_basic(http::Exchange& ex, std::string_view message
 
 namespace {
 
+// Too many password checks pending (Authenticator::kMaxPendingChecks): retry shortly.
+void token_busy(http::Exchange& e) {
+    e.respond(503, {{"Content-Type", "application/json"}, {"Retry-After", "1"}},
+              dump(json{{"error", "temporarily_unavailable"},
+                        {"error_description", "too many password checks in progress"}}));
+}
+
 void refuse_token(http::Exchange& e, const std::string& service, std::string_view why) {
     spdlog::info("auth: token refused for {}: {}", e.request().peer, why);
     e.respond(
@@ -661,8 +668,10 @@ void Authenticator::handle_token(const std::shared_ptr<http::Exchange>& ex) {
     const http::Request& req = ex->request();
     if (req.method == "GET") {
         // The credentials are checked off the loop first when they are new (prepare()).
-        return prepare(req, [this, ex] {
-            if (!ex->closed()) token_get(ex);
+        return prepare(req, [this, ex](bool ready) {
+            if (ex->closed()) return;
+            if (!ready) return token_busy(*ex);
+            token_get(ex);
         });
     }
     if (req.method != "POST")
@@ -691,8 +700,10 @@ void Authenticator::handle_token(const std::shared_ptr<http::Exchange>& ex) {
             std::string password = first(f, "password");
             if (user.empty()) return refuse_token(*e, config_.token_service, "no username");
             return prepare_password(
-                user, password, [this, e, user, password, want = std::move(want)]() mutable {
+                user, password,
+                [this, e, user, password, want = std::move(want)](bool ready) mutable {
                     if (e->closed()) return;
+                    if (!ready) return token_busy(*e);
                     bool local = check_basic(user, password);
                     grant(e, Principal{user, local}, local, std::make_pair(user, password),
                           std::move(want), true, true);

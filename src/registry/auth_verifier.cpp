@@ -29,21 +29,23 @@ struct Authenticator::Verifier {
 
     std::mutex mu;
     std::condition_variable wake;
-    std::deque<Job> jobs;       // to check
-    std::vector<Job> answers;   // checked, for the loop
+    std::deque<Job> jobs;      // to check
+    std::vector<Job> answers;  // checked, for the loop
     bool stopping = false;
     std::vector<std::thread> threads;
 
     // Loop only: what runs once the credentials under a key have an answer.
-    std::map<std::string, std::vector<std::function<void()>>> waiting;
+    std::map<std::string, std::vector<std::function<void(bool)>>> waiting;
 
     metrics::Counter& checked_ok = counter("ok");
     metrics::Counter& checked_wrong = counter("wrong");
+    metrics::Counter& overflow = counter("busy");  // refused: too many checks pending
 
     static metrics::Counter& counter(const char* result) {
         return metrics::global().counter(
             "drayage_auth_password_checks_total",
-            "Passwords checked with bcrypt (answers are then kept for 60 s), by result.",
+            "Passwords checked with bcrypt (answers are then kept for 60 s), by result; busy: "
+            "not checked, too many checks were pending (the client got 503).",
             {{"result", result}});
     }
 
@@ -107,10 +109,10 @@ struct Authenticator::Verifier {
             auth.remember(job.key, job.ok);
             auto it = self->waiting.find(job.key);
             if (it == self->waiting.end()) continue;
-            std::vector<std::function<void()>> then = std::move(it->second);
+            std::vector<std::function<void(bool)>> then = std::move(it->second);
             self->waiting.erase(it);
             for (auto& fn : then)
-                fn();
+                fn(true);
         }
     }
 };
@@ -139,20 +141,27 @@ Status Authenticator::start_verifier(event_base* base, int threads) {
     return {};
 }
 
-void Authenticator::prepare(const http::Request& request, std::function<void()> then) {
+void Authenticator::prepare(const http::Request& request, std::function<void(bool)> then) {
     auto creds = verifier_ ? basic_credentials(request) : std::nullopt;
-    if (!creds) return then();
+    if (!creds) return then(true);
     prepare_password(creds->first, creds->second, std::move(then));
 }
 
 void Authenticator::prepare_password(std::string_view user, std::string_view password,
-                                     std::function<void()> then) {
-    if (!verifier_) return then();
+                                     std::function<void(bool)> then) {
+    if (!verifier_) return then(true);
     std::string key = credentials_key(user, password);
-    if (known_answer(key)) return then();
-    auto [it, first] = verifier_->waiting.try_emplace(key);
-    it->second.push_back(std::move(then));
-    if (!first) return;  // already being checked: this one waits for that answer
+    if (known_answer(key)) return then(true);
+    auto it = verifier_->waiting.find(key);
+    if (it != verifier_->waiting.end()) {
+        it->second.push_back(std::move(then));  // already being checked: wait for that answer
+        return;
+    }
+    if (verifier_->waiting.size() >= kMaxPendingChecks) {
+        verifier_->overflow.inc();
+        return then(false);
+    }
+    verifier_->waiting[key].push_back(std::move(then));
     verifier_->submit(Verifier::Job{key, std::string(user), std::string(password), htpasswd_,
                                     generation_, false});
 }

@@ -689,8 +689,13 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
         if (r.endpoint == Endpoint::healthz || r.endpoint == Endpoint::metrics)
             return dispatch(ex, r, Identity{});
         // New Basic credentials are checked off the loop first (bcrypt); the rest at once.
-        deps.auth->prepare(ex->request(), [self = shared_from_this(), ex, r]() mutable {
+        deps.auth->prepare(ex->request(), [self = shared_from_this(), ex, r](bool ready) mutable {
             if (ex->closed()) return;
+            if (!ready) {
+                ex->set_outcome("denied:busy");
+                return send_error(*ex, 503, "UNAVAILABLE",
+                                  "too many password checks in progress; retry shortly");
+            }
             Identity who;
             if (self->admit_by_rules(ex, r, who)) self->dispatch(ex, r, who);
         });

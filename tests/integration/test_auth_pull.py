@@ -501,3 +501,35 @@ def test_password_checks_run_beside_the_loop(build_dir, tmp_path, upstream):
         assert (checks("ok"), checks("wrong")) == (1, 1)
     finally:
         d.stop()
+
+
+def test_a_flood_of_made_up_passwords_is_turned_away_not_queued(build_dir, tmp_path, upstream):
+    """Past 128 credentials waiting for their check, new ones get a quick 503 instead of a place
+    in a queue of minutes of bcrypt; those queued are answered, and known clients never wait."""
+    wd = tmp_path / "flood"
+    cfg = {
+        "upstream": {"url": upstream.url, "username": "mirror", "password": "mpw"},
+        "auth": auth_config(wd, RULES),
+        "http": {"workers": 0},
+    }
+    entry = subprocess.run(["htpasswd", "-Bbn", "-C", "11", "carol", "cpw"], check=True,
+                           capture_output=True, text=True).stdout.strip()
+    pathlib.Path(cfg["auth"]["htpasswd"]["path"]).write_text(entry + "\n")
+    d = Drayage(build_dir / "src" / "drayage", wd, cfg).start()
+    try:
+        assert raw_get(d.port, "/v2/", {"Authorization": basic("carol", "cpw")})[0] == 200
+        guesses = [{"Authorization": basic("mallory", f"guess{i}")} for i in range(300)]
+        # More clients at once than may wait: each waits on its own connection.
+        with concurrent.futures.ThreadPoolExecutor(len(guesses)) as pool:
+            flood = [pool.submit(raw_get, d.port, "/v2/", h) for h in guesses]
+            # carol's answer is known: she is served at once, flood or not.
+            assert raw_get(d.port, "/v2/", {"Authorization": basic("carol", "cpw")})[0] == 200
+            results = [f.result() for f in flood]
+        statuses = [r[0] for r in results]
+        assert set(statuses) == {401, 503}, sorted(set(statuses))
+        busy = [r for r in results if r[0] == 503]
+        assert all(json.loads(body)["errors"][0]["code"] == "UNAVAILABLE" for _, _, body in busy)
+        assert d.metric("drayage_auth_password_checks_total", 'result="busy"') == len(busy)
+        assert d.metric("drayage_auth_password_checks_total", 'result="wrong"') == 300 - len(busy)
+    finally:
+        d.stop()

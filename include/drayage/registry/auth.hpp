@@ -192,15 +192,19 @@ public:
     // checks on the caller's thread. Call once, before serving.
     Status start_verifier(event_base* base, int threads);
 
-    // Runs `then` on the loop once the Basic credentials of `request`, if any, have an answer
-    // that identify() finds without bcrypt: at once when there are none, or they are Bearer,
-    // or their answer is known (kept 60 s, right or wrong, until a SIGHUP); else after a
-    // verifier thread has checked them. Concurrent checks of the same credentials share one
-    // bcrypt. `then` is dropped, never run, if the Authenticator goes first.
-    void prepare(const http::Request& request, std::function<void()> then);
+    // Runs `then(true)` on the loop once the Basic credentials of `request`, if any, have an
+    // answer that identify() finds without bcrypt: at once when there are none, or they are
+    // Bearer, or their answer is known (kept 60 s, right or wrong, until a SIGHUP); else after
+    // a verifier thread has checked them. Concurrent checks of the same credentials share one
+    // bcrypt. `then(false)`, at once, when kMaxPendingChecks other credentials are already
+    // waiting: the caller answers 503 (a flood of made-up passwords must not queue minutes of
+    // bcrypt ahead of real clients). `then` is dropped, never run, if the Authenticator goes
+    // first.
+    static constexpr std::size_t kMaxPendingChecks = 128;
+    void prepare(const http::Request& request, std::function<void(bool ready)> then);
     // The same for a user and password not in a header (the token endpoint's password grant).
     void prepare_password(std::string_view user, std::string_view password,
-                          std::function<void()> then);
+                          std::function<void(bool ready)> then);
 
     // Basic or Bearer credentials of a request. Never fails: bad ones are Kind::bad_credentials.
     Identity identify(const http::Request& request);

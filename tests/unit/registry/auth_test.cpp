@@ -330,37 +330,38 @@ TEST_CASE("passwords are checked off the loop, once per credentials, and the ans
 
     // Nothing to check: at once.
     int ran = 0;
-    auth->prepare(request(""), [&] { ++ran; });
-    auth->prepare(request("Bearer abc"), [&] { ++ran; });
-    auth->prepare(request("Basic !!!"), [&] { ++ran; });  // malformed: identify() refuses it
+    auth->prepare(request(""), [&](bool ready) { ran += ready ? 1 : 100; });
+    auth->prepare(request("Bearer abc"), [&](bool ready) { ran += ready ? 1 : 100; });
+    auth->prepare(request("Basic !!!"),
+                  [&](bool ready) { ran += ready ? 1 : 100; });  // malformed: identify() refuses it
     CHECK(ran == 3);
 
     // New credentials: not on the caller's thread; two asking at once share one bcrypt.
     ran = 0;
     const http::Request alice = basic("YWxpY2U6cHc=") /* alice:pw */;
-    auth->prepare(alice, [&] { ++ran; });
-    auth->prepare(alice, [&] { ++ran; });
+    auth->prepare(alice, [&](bool ready) { ran += ready ? 1 : 100; });
+    auth->prepare(alice, [&](bool ready) { ran += ready ? 1 : 100; });
     CHECK(ran == 0);
     REQUIRE(run_until([&] { return ran == 2; }));
     CHECK(checks("ok") == ok0 + 1);
     CHECK(auth->identify(alice).kind == Identity::Kind::basic);
-    auth->prepare(alice, [&] { ++ran; });  // known now
+    auth->prepare(alice, [&](bool ready) { ran += ready ? 1 : 100; });  // known now
     CHECK(ran == 3);
 
     // A wrong password is checked once too, and then refused without bcrypt.
     const http::Request wrong = basic("YWxpY2U6bm9wZQ==") /* alice:nope */;
-    auth->prepare(wrong, [&] { ++ran; });
+    auth->prepare(wrong, [&](bool ready) { ran += ready ? 1 : 100; });
     CHECK(ran == 3);
     REQUIRE(run_until([&] { return ran == 4; }));
     CHECK(checks("wrong") == wrong0 + 1);
     CHECK(auth->identify(wrong).kind == Identity::Kind::bad_credentials);
-    auth->prepare(wrong, [&] { ++ran; });
+    auth->prepare(wrong, [&](bool ready) { ran += ready ? 1 : 100; });
     CHECK(ran == 5);
     CHECK(checks("wrong") == wrong0 + 1);
 
     // A reload while a check is under way: the answer is the new file's.
     const http::Request bob = basic("Ym9iOmJvYnB3") /* bob:bobpw */;
-    auth->prepare(bob, [&] { ++ran; });
+    auth->prepare(bob, [&](bool ready) { ran += ready ? 1 : 100; });
     {
         std::ofstream(dir / "htpasswd")
             << "alice:$2y$04$m6vRZdScEsM6jqP3dJnYOu2DKYcE8zKLgNOGsHcOTF9tGDSabVNi2\n";
@@ -369,13 +370,27 @@ TEST_CASE("passwords are checked off the loop, once per credentials, and the ans
     REQUIRE(run_until([&] { return ran == 6; }));
     CHECK(auth->identify(bob).kind == Identity::Kind::bad_credentials);
     // The reload forgot every answer: alice is checked again.
-    auth->prepare(alice, [&] { ++ran; });
+    auth->prepare(alice, [&](bool ready) { ran += ready ? 1 : 100; });
     CHECK(ran == 6);
     REQUIRE(run_until([&] { return ran == 7; }));
 
+    // A flood of made-up passwords: past kMaxPendingChecks waiting, the next is turned away at
+    // once (the caller answers 503) while the ones in the queue still get their answers.
+    int answered = 0;
+    int busy = 0;
+    const std::uint64_t busy0 = checks("busy");
+    for (std::size_t i = 0; i <= Authenticator::kMaxPendingChecks; ++i) {
+        auth->prepare_password("mallory", "guess" + std::to_string(i),
+                               [&](bool ready) { ++(ready ? answered : busy); });
+    }
+    CHECK(busy == 1);
+    CHECK(checks("busy") == busy0 + 1);
+    REQUIRE(
+        run_until([&] { return answered == static_cast<int>(Authenticator::kMaxPendingChecks); }));
+
     // Going away with a check pending: the callback is dropped, never run.
     bool late = false;
-    auth->prepare(basic("Y2Fyb2w6eA==") /* carol:x */, [&] { late = true; });
+    auth->prepare(basic("Y2Fyb2w6eA==") /* carol:x */, [&](bool) { late = true; });
     auth.reset();
     event_base_loop(base, EVLOOP_NONBLOCK);
     CHECK_FALSE(late);
