@@ -723,8 +723,8 @@ void Connection::exchange_send_head_lines(Exchange& ex, int status, std::string_
     std::string_view reason = reason_phrase(status);
     std::string_view date = http_date();
     char number[24];
-    std::string head;
-    head.reserve(lines.size() + reason.size() + date.size() + 96);
+    static thread_local std::string head;  // one per loop; its capacity is kept
+    head.clear();
     head += "HTTP/1.1 ";
     head.append(number, std::to_chars(number, number + sizeof number, status).ptr);
     head += ' ';

@@ -177,9 +177,7 @@ private:
 
 // The headers of a blob response, formatted ("Name: value\r\n" lines, see
 // Exchange::send_head_lines): they go out with every cache hit.
-std::string blob_head_lines(std::string_view digest) {
-    std::string h;
-    h.reserve(256);
+void append_blob_head_lines(std::string& h, std::string_view digest) {
     h += "Docker-Distribution-API-Version: registry/2.0\r\n"
          "Content-Type: application/octet-stream\r\n"
          "Docker-Content-Digest: ";
@@ -189,6 +187,12 @@ std::string blob_head_lines(std::string_view digest) {
     h += "\"\r\n"
          "Accept-Ranges: bytes\r\n"
          "Cache-Control: max-age=31536000\r\n";
+}
+
+std::string blob_head_lines(std::string_view digest) {
+    std::string h;
+    h.reserve(256);
+    append_blob_head_lines(h, digest);
     return h;
 }
 
@@ -221,8 +225,11 @@ SmallHit serve_small_hit(Exchange& ex, cache::Cache& cache, const std::string& d
     });
     if (!size || !*size) return SmallHit::not_served;
     if (**size > 0 && evbuffer_commit_space(body, &vec, 1) != 0) return SmallHit::not_served;
-    ex.set_outcome("hit");  // before finish(), which logs the request
-    ex.send_head_lines(200, blob_head_lines(digest), **size);
+    ex.set_outcome("hit");                 // before finish(), which logs the request
+    static thread_local std::string head;  // its capacity is kept from hit to hit
+    head.clear();
+    append_blob_head_lines(head, digest);
+    ex.send_head_lines(200, head, **size);
     ex.write(body);
     ex.finish();
     // Whatever the exchange did not take (it closed) is dropped here.

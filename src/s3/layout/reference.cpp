@@ -3,6 +3,7 @@
 // slow and may throw.
 #include "drayage/registry/reference.hpp"
 
+#include <array>
 #include <string>
 #include <string_view>
 
@@ -90,9 +91,15 @@ Result<BlobDigest> BlobDigest::parse(std::string_view text) {
     // Nearly every digest is sha256: checked in one pass (every request carries one).
     constexpr std::string_view kSha256 = "sha256:";
     if (text.size() == kSha256.size() + 64 && text.starts_with(kSha256)) {
+        static constexpr auto kHex = [] {
+            std::array<bool, 256> t{};
+            for (char c : std::string_view("0123456789abcdef"))
+                t[static_cast<unsigned char>(c)] = true;
+            return t;
+        }();
         bool hex = true;
         for (char c : text.substr(kSha256.size()))
-            hex &= is_lower_hex(c);
+            hex &= kHex[static_cast<unsigned char>(c)];
         if (hex) return BlobDigest(DigestAlgorithm::sha256, std::string(text), kSha256.size() - 1);
     }
     const std::size_t colon = text.find(':');
