@@ -1,14 +1,141 @@
 #include "drayage/util/log.hpp"
 
+#include <fcntl.h>
 #include <spdlog/pattern_formatter.h>
-#include <spdlog/sinks/basic_file_sink.h>
-#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/sinks/sink.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
 #include <memory>
 #include <mutex>
+#include <thread>
 
 namespace drayage::log {
 namespace {
+
+// Lines are queued in memory by whoever logs and written by one thread of the sink's own, in
+// batches: at once for warnings and errors, else every kFlushEvery or when kBatch bytes wait.
+// Measured on a 16 KiB cache hit with the access log on: a write() per line, under a mutex the
+// loops shared, cost about 4 us of a 9 us request, much of it waiting for that mutex. And the
+// loops never block on the destination: past kMaxQueued bytes waiting (a stuck pipe), new lines
+// are dropped and counted, and the count is logged once lines go out again.
+class BatchSink final : public spdlog::sinks::sink {
+public:
+    static constexpr std::chrono::milliseconds kFlushEvery{100};
+    static constexpr std::size_t kBatch = 256 * 1024;
+    static constexpr std::size_t kMaxQueued = 16 * 1024 * 1024;
+
+    // Writes to `fd`, closed at the end when `owned`.
+    BatchSink(int fd, bool owned) : fd_(fd), owned_(owned), writer_([this] { run(); }) {}
+    ~BatchSink() override {
+        {
+            std::lock_guard lock(mu_);
+            stopping_ = true;
+        }
+        wake_.notify_one();
+        writer_.join();  // writes what is left
+        if (owned_) ::close(fd_);
+        if (next_fd_ >= 0) ::close(next_fd_);
+    }
+
+    // From the next batch on, writes go to `fd` (owned), and the current destination is closed
+    // if owned: how reopen() moves to a new log file without replacing the logger, which
+    // other threads may be using at that moment.
+    void switch_to(int fd) {
+        {
+            std::lock_guard lock(mu_);
+            if (next_fd_ >= 0) ::close(next_fd_);  // an earlier switch not made yet: skip it
+            next_fd_ = fd;
+            // What was logged before the switch still goes to the old destination.
+            before_switch_ += queued_;
+            queued_.clear();
+        }
+        wake_.notify_one();
+    }
+
+    void log(const spdlog::details::log_msg& msg) override {
+        std::lock_guard lock(mu_);
+        if (queued_.size() + before_switch_.size() >= kMaxQueued) {
+            ++dropped_;
+            return;
+        }
+        spdlog::memory_buf_t line;
+        formatter_->format(msg, line);
+        queued_.append(line.data(), line.size());
+        if (msg.level >= spdlog::level::warn || queued_.size() >= kBatch) wake_.notify_one();
+    }
+    void flush() override {
+        // Asks for a write now; the destination is never waited for by the caller.
+        wake_.notify_one();
+    }
+    void set_pattern(const std::string& pattern) override {
+        std::lock_guard lock(mu_);
+        formatter_ = std::make_unique<spdlog::pattern_formatter>(pattern);
+    }
+    void set_formatter(std::unique_ptr<spdlog::formatter> formatter) override {
+        std::lock_guard lock(mu_);
+        formatter_ = std::move(formatter);
+    }
+
+private:
+    void run() {
+        std::string out;
+        std::string old_out;
+        for (;;) {
+            std::uint64_t dropped = 0;
+            bool last = false;
+            int next = -1;
+            {
+                std::unique_lock lock(mu_);
+                wake_.wait_for(lock, kFlushEvery, [&] {
+                    return stopping_ || next_fd_ >= 0 || queued_.size() >= kBatch;
+                });
+                out.swap(queued_);
+                dropped = std::exchange(dropped_, 0);
+                last = stopping_;
+                next = std::exchange(next_fd_, -1);
+                old_out.swap(before_switch_);
+            }
+            if (dropped > 0) {
+                out += "drayage: " + std::to_string(dropped) +
+                       " log lines dropped: the log destination did not keep up\n";
+            }
+            if (next >= 0) {
+                write_all(old_out);
+                old_out.clear();
+                if (owned_) ::close(fd_);
+                fd_ = next;
+                owned_ = true;
+            }
+            write_all(out);
+            out.clear();
+            if (last) return;
+        }
+    }
+
+    void write_all(std::string_view bytes) const {
+        while (!bytes.empty()) {
+            ssize_t n = ::write(fd_, bytes.data(), bytes.size());
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) return;  // nowhere to report it; the next batch tries again
+            bytes.remove_prefix(static_cast<std::size_t>(n));
+        }
+    }
+
+    int fd_;                     // the writer thread's (and the destructor's, after the join)
+    bool owned_;                 // the same
+    int next_fd_ = -1;           // under mu_: switch_to()
+    std::string before_switch_;  // under mu_: lines for the destination being left
+    std::mutex mu_;
+    std::condition_variable wake_;
+    std::string queued_;
+    std::uint64_t dropped_ = 0;
+    bool stopping_ = false;
+    std::unique_ptr<spdlog::formatter> formatter_ = std::make_unique<spdlog::pattern_formatter>();
+    std::thread writer_;  // last: starts once the rest is set up
+};
 
 // Writes the message payload JSON-escaped, so a JSON line stays valid whatever a client sent.
 class JsonPayloadFlag final : public spdlog::custom_flag_formatter {
@@ -27,6 +154,7 @@ struct State {
     std::mutex mu;
     Options options;
     std::shared_ptr<spdlog::logger> logger;
+    std::shared_ptr<BatchSink> sink;
 };
 
 State& state() {
@@ -45,23 +173,31 @@ std::unique_ptr<spdlog::formatter> make_formatter(bool json) {
     return f;
 }
 
-Result<std::shared_ptr<spdlog::logger>> make_logger(const Options& options) {
-    spdlog::sink_ptr sink;
-    if (options.file.empty()) {
-        sink = std::make_shared<spdlog::sinks::stderr_sink_mt>();
-    } else {
-        try {
-            sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(options.file, false);
-        } catch (const spdlog::spdlog_ex& e) {
-            return make_error("log.file", "cannot open log file " + options.file + ": " + e.what());
-        }
+// The file of `options`, opened for appending: its descriptor, or the error.
+Result<int> open_log_file(const Options& options) {
+    int fd = ::open(options.file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        return make_error("log.file",
+                          "cannot open log file " + options.file + ": " + std::strerror(errno));
     }
+    return fd;
+}
+
+Result<std::shared_ptr<BatchSink>> make_sink(const Options& options) {
+    if (options.file.empty()) return std::make_shared<BatchSink>(STDERR_FILENO, false);
+    auto fd = open_log_file(options);
+    if (!fd) return fd.error();
+    return std::make_shared<BatchSink>(*fd, true);
+}
+
+std::shared_ptr<spdlog::logger> make_logger(const Options& options,
+                                            const std::shared_ptr<BatchSink>& sink) {
     sink->set_formatter(make_formatter(options.json));
-    auto logger = std::make_shared<spdlog::logger>("drayage", std::move(sink));
+    auto logger = std::make_shared<spdlog::logger>("drayage", sink);
     spdlog::level::level_enum level = spdlog::level::info;
     parse_level(options.level, level);
     logger->set_level(level);
-    logger->flush_on(spdlog::level::info);
+    logger->flush_on(spdlog::level::warn);  // the sink writes warnings at once anyway
     return logger;
 }
 
@@ -83,32 +219,30 @@ bool parse_level(const std::string& name, spdlog::level::level_enum& out) {
 }
 
 Status init(const Options& options) {
-    auto logger = make_logger(options);
-    if (!logger) return logger.error();
+    auto sink = make_sink(options);
+    if (!sink) return sink.error();
+    auto logger = make_logger(options, *sink);
     State& s = state();
     std::lock_guard lock(s.mu);
     s.options = options;
-    s.logger = *logger;
+    s.sink = *sink;
+    s.logger = logger;
     spdlog::set_default_logger(s.logger);
     return {};
 }
 
 Status reopen() {
     State& s = state();
-    Options options;
-    {
-        std::lock_guard lock(s.mu);
-        options = s.options;
+    std::unique_lock lock(s.mu);
+    if (s.options.file.empty() || !s.sink) return {};
+    auto fd = open_log_file(s.options);
+    if (!fd) {
+        lock.unlock();
+        spdlog::error("log reopen failed, keeping the old file: {}", fd.error().message);
+        return fd.error();
     }
-    if (options.file.empty()) return {};
-    auto logger = make_logger(options);
-    if (!logger) {
-        spdlog::error("log reopen failed, keeping the old file: {}", logger.error().message);
-        return logger.error();
-    }
-    std::lock_guard lock(s.mu);
-    s.logger = *logger;
-    spdlog::set_default_logger(s.logger);
+    s.sink->switch_to(*fd);
+    lock.unlock();
     spdlog::info("log file reopened");
     return {};
 }

@@ -3,6 +3,7 @@ import copy
 import os
 import pathlib
 import subprocess
+import time
 
 import requests
 import yaml
@@ -75,6 +76,20 @@ class Drayage:
         return total
 
     def log(self) -> str:
+        """The log so far. A running drayage writes its log in batches (every 100 ms; warnings
+        and errors at once), so this first waits until the file has stopped growing for 0.4 s:
+        the lines of requests already answered are then in."""
+        def size() -> int:
+            try:
+                return self.log_path.stat().st_size
+            except FileNotFoundError:
+                return 0
+        if self.proc is not None and self.proc.poll() is None:
+            deadline = time.monotonic() + 10
+            seen = -1
+            while (now := size()) != seen and time.monotonic() < deadline:
+                seen = now
+                time.sleep(0.4)
         try:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
