@@ -208,10 +208,11 @@ void add_content_range(std::string& lines, const ByteSpan& span, std::uint64_t s
 // pin, two read transactions, a chunk buffer, callbacks) was most of a 16 KiB hit's cost.
 constexpr std::uint64_t kSmallBlob = 64 * 1024;
 
-enum class SmallHit { served, not_served };
+enum class SmallHit { served, larger, not_served };
 
-// Serves a GET without Range of `digest` when it is a complete small blob. not_served: larger,
-// not cached, still filling, or the read failed: the streaming path takes it and reports errors.
+// Serves a GET without Range of `digest` when it is a complete small blob. larger: complete but
+// larger, for a reader to stream. not_served: not cached, still filling, or the read failed: the
+// streaming path takes it and reports errors.
 SmallHit serve_small_hit(Exchange& ex, cache::Cache& cache, const std::string& digest) {
     // One per thread (the loop and each hit worker); it is always empty between requests.
     static thread_local EvbufferPtr staging(evbuffer_new());
@@ -223,7 +224,8 @@ SmallHit serve_small_hit(Exchange& ex, cache::Cache& cache, const std::string& d
         vec.iov_len = n;
         return static_cast<char*>(vec.iov_base);
     });
-    if (!size || !*size) return SmallHit::not_served;
+    if (!size) return SmallHit::not_served;
+    if (!*size) return SmallHit::larger;
     if (**size > 0 && evbuffer_commit_space(body, &vec, 1) != 0) return SmallHit::not_served;
     ex.set_outcome("hit");                 // before finish(), which logs the request
     static thread_local std::string head;  // its capacity is kept from hit to hit
@@ -926,9 +928,18 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
     void serve_proven_blob(const std::shared_ptr<Exchange>& ex, const Route& r) {
         const http::Request& req = ex->request();
         static metrics::Counter& hits = outcome_counter("blob", "hit");
-        if (req.method == "GET" && req.header("Range").empty() &&
-            serve_small_hit(*ex, *deps.cache, r.reference) == SmallHit::served) {
-            return hits.inc();
+        if (req.method == "GET" && req.header("Range").empty()) {
+            switch (serve_small_hit(*ex, *deps.cache, r.reference)) {
+                case SmallHit::served: return hits.inc();
+                case SmallHit::larger: {  // known complete: no second lookup
+                    auto whole = deps.cache->open_reader(r.reference, 0, std::nullopt);
+                    if (!whole && whole.error().code == cache::kErrNotFound) break;  // evicted
+                    ex->set_outcome("hit");
+                    hits.inc();
+                    return stream_from_cache(ex, r.reference, {}, std::move(whole));
+                }
+                case SmallHit::not_served: break;
+            }
         }
         auto lookup = deps.cache->lookup(r.reference);
         if (!lookup) return send_error(*ex, 500, "UNKNOWN", lookup.error().message);
@@ -982,7 +993,13 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
     // Serves from a complete or filling blob; `range` is the client's Range header.
     void stream_from_cache(const std::shared_ptr<Exchange>& ex, const std::string& digest,
                            const std::string& range) {
-        respond_from_cache(ex, digest, range, deps.cache->open_reader(digest, 0, std::nullopt),
+        stream_from_cache(ex, digest, range, deps.cache->open_reader(digest, 0, std::nullopt));
+    }
+    // The same with the reader of the whole blob already opened.
+    void stream_from_cache(const std::shared_ptr<Exchange>& ex, const std::string& digest,
+                           const std::string& range,
+                           Result<std::unique_ptr<cache::BlobReader>> whole) {
+        respond_from_cache(ex, digest, range, std::move(whole),
                            [this, &digest](std::uint64_t off, std::optional<std::uint64_t> len) {
                                return deps.cache->open_reader(digest, off, len);
                            });
