@@ -26,115 +26,135 @@ public:
     static constexpr std::chrono::milliseconds kFlushEvery{100};
     static constexpr std::size_t kBatch = 256 * 1024;
     static constexpr std::size_t kMaxQueued = 16 * 1024 * 1024;
+    // At exit, how long the last lines may take to go out. A destination that takes no more
+    // (a full disk under a blocking log driver) must not keep the process from exiting.
+    static constexpr std::chrono::seconds kExitGrace{3};
 
     // Writes to `fd`, closed at the end when `owned`.
-    BatchSink(int fd, bool owned) : fd_(fd), owned_(owned), writer_([this] { run(); }) {}
+    BatchSink(int fd, bool owned) : shared_(std::make_shared<Shared>()) {
+        shared_->fd = fd;
+        shared_->owned = owned;
+        std::thread([s = shared_] { s->run(); }).detach();  // ends when told to, or at exit
+    }
     ~BatchSink() override {
-        {
-            std::lock_guard lock(mu_);
-            stopping_ = true;
-        }
-        wake_.notify_one();
-        writer_.join();  // writes what is left
-        if (owned_) ::close(fd_);
-        if (next_fd_ >= 0) ::close(next_fd_);
+        std::unique_lock lock(shared_->mu);
+        shared_->stopping = true;
+        shared_->wake.notify_one();
+        // Waits for what is left to be written, within the grace. Past it the thread is left
+        // blocked in write(): it holds its own state, and the process exit ends it.
+        shared_->done_cv.wait_for(lock, kExitGrace, [&] { return shared_->done; });
     }
 
     // From the next batch on, writes go to `fd` (owned), and the current destination is closed
     // if owned: how reopen() moves to a new log file without replacing the logger, which
     // other threads may be using at that moment.
     void switch_to(int fd) {
+        Shared& s = *shared_;
         {
-            std::lock_guard lock(mu_);
-            if (next_fd_ >= 0) ::close(next_fd_);  // an earlier switch not made yet: skip it
-            next_fd_ = fd;
+            std::lock_guard lock(s.mu);
+            if (s.next_fd >= 0) ::close(s.next_fd);  // an earlier switch not made yet: skip it
+            s.next_fd = fd;
             // What was logged before the switch still goes to the old destination.
-            before_switch_ += queued_;
-            queued_.clear();
+            s.before_switch += s.queued;
+            s.queued.clear();
         }
-        wake_.notify_one();
+        s.wake.notify_one();
     }
 
     void log(const spdlog::details::log_msg& msg) override {
-        std::lock_guard lock(mu_);
-        if (queued_.size() + before_switch_.size() >= kMaxQueued) {
-            ++dropped_;
+        Shared& s = *shared_;
+        std::lock_guard lock(s.mu);
+        if (s.queued.size() + s.before_switch.size() >= kMaxQueued) {
+            ++s.dropped;
             return;
         }
         spdlog::memory_buf_t line;
         formatter_->format(msg, line);
-        queued_.append(line.data(), line.size());
-        if (msg.level >= spdlog::level::warn || queued_.size() >= kBatch) wake_.notify_one();
+        s.queued.append(line.data(), line.size());
+        if (msg.level >= spdlog::level::warn || s.queued.size() >= kBatch) s.wake.notify_one();
     }
     void flush() override {
         // Asks for a write now; the destination is never waited for by the caller.
-        wake_.notify_one();
+        shared_->wake.notify_one();
     }
     void set_pattern(const std::string& pattern) override {
-        std::lock_guard lock(mu_);
+        std::lock_guard lock(shared_->mu);
         formatter_ = std::make_unique<spdlog::pattern_formatter>(pattern);
     }
     void set_formatter(std::unique_ptr<spdlog::formatter> formatter) override {
-        std::lock_guard lock(mu_);
+        std::lock_guard lock(shared_->mu);
         formatter_ = std::move(formatter);
     }
 
 private:
-    void run() {
-        std::string out;
-        std::string old_out;
-        for (;;) {
-            std::uint64_t dropped = 0;
-            bool last = false;
-            int next = -1;
-            {
-                std::unique_lock lock(mu_);
-                wake_.wait_for(lock, kFlushEvery, [&] {
-                    return stopping_ || next_fd_ >= 0 || queued_.size() >= kBatch;
-                });
-                out.swap(queued_);
-                dropped = std::exchange(dropped_, 0);
-                last = stopping_;
-                next = std::exchange(next_fd_, -1);
-                old_out.swap(before_switch_);
-            }
-            if (dropped > 0) {
-                out += "drayage: " + std::to_string(dropped) +
-                       " log lines dropped: the log destination did not keep up\n";
-            }
-            if (next >= 0) {
-                write_all(old_out);
-                old_out.clear();
-                if (owned_) ::close(fd_);
-                fd_ = next;
-                owned_ = true;
-            }
-            write_all(out);
-            out.clear();
-            if (last) return;
-        }
-    }
+    // Shared by the sink and its writer thread, which may outlive the sink (see ~BatchSink).
+    struct Shared {
+        std::mutex mu;
+        std::condition_variable wake;
+        std::condition_variable done_cv;
+        // Under mu:
+        std::string queued;
+        std::string before_switch;  // lines for the destination being left
+        int next_fd = -1;           // switch_to()
+        std::uint64_t dropped = 0;
+        bool stopping = false;
+        bool done = false;
+        // The writer thread's own:
+        int fd = -1;
+        bool owned = false;
 
-    void write_all(std::string_view bytes) const {
-        while (!bytes.empty()) {
-            ssize_t n = ::write(fd_, bytes.data(), bytes.size());
-            if (n < 0 && errno == EINTR) continue;
-            if (n <= 0) return;  // nowhere to report it; the next batch tries again
-            bytes.remove_prefix(static_cast<std::size_t>(n));
+        void run() {
+            std::string out;
+            std::string old_out;
+            for (;;) {
+                std::uint64_t lost = 0;
+                bool last = false;
+                int next = -1;
+                {
+                    std::unique_lock lock(mu);
+                    wake.wait_for(lock, kFlushEvery, [&] {
+                        return stopping || next_fd >= 0 || queued.size() >= kBatch;
+                    });
+                    out.swap(queued);
+                    lost = std::exchange(dropped, 0);
+                    last = stopping;
+                    next = std::exchange(next_fd, -1);
+                    old_out.swap(before_switch);
+                }
+                if (lost > 0) {
+                    out += "drayage: " + std::to_string(lost) +
+                           " log lines dropped: the log destination did not keep up\n";
+                }
+                if (next >= 0) {
+                    write_all(old_out);
+                    old_out.clear();
+                    if (owned) ::close(fd);
+                    fd = next;
+                    owned = true;
+                }
+                write_all(out);
+                out.clear();
+                if (last) break;
+            }
+            if (owned) ::close(fd);
+            std::lock_guard lock(mu);
+            done = true;
+            done_cv.notify_all();
         }
-    }
 
-    int fd_;                     // the writer thread's (and the destructor's, after the join)
-    bool owned_;                 // the same
-    int next_fd_ = -1;           // under mu_: switch_to()
-    std::string before_switch_;  // under mu_: lines for the destination being left
-    std::mutex mu_;
-    std::condition_variable wake_;
-    std::string queued_;
-    std::uint64_t dropped_ = 0;
-    bool stopping_ = false;
-    std::unique_ptr<spdlog::formatter> formatter_ = std::make_unique<spdlog::pattern_formatter>();
-    std::thread writer_;  // last: starts once the rest is set up
+        void write_all(std::string_view bytes) const {
+            while (!bytes.empty()) {
+                ssize_t n = ::write(fd, bytes.data(), bytes.size());
+                if (n < 0 && errno == EINTR) continue;
+                if (n <= 0) return;  // the destination failed: this batch is lost, not retried
+                bytes.remove_prefix(static_cast<std::size_t>(n));
+            }
+        }
+    };
+
+    std::shared_ptr<Shared> shared_;
+    std::unique_ptr<spdlog::formatter> formatter_ =  // under shared_->mu
+        std::make_unique<spdlog::pattern_formatter>();
 };
 
 // Writes the message payload JSON-escaped, so a JSON line stays valid whatever a client sent.

@@ -510,3 +510,45 @@ def test_max_connections_counts_the_connections_of_every_loop(upstream, drayage_
     for s in held:
         s.close()
     assert d.stop() == 0
+
+
+def test_log_file_reopens_on_sighup_and_takes_the_last_lines_at_exit(upstream, drayage_factory,
+                                                                      tmp_path):
+    """log.file with logrotate: the file is moved away and SIGHUP reopens it. Lines logged before
+    the signal stay in the old file, later ones go to the new one. The lines of the last requests
+    before a SIGTERM are in the file when drayage has exited (it writes its log in batches from a
+    thread of its own, so they were still in memory when the signal came)."""
+    logfile = tmp_path / "access.log"
+    cfg = mirror_config(upstream.url)
+    cfg["log"] = {"file": str(logfile)}
+    d = drayage_factory(cfg, name="logfile")
+
+    def ask(repo: str) -> None:
+        requests.get(f"{d.url}/v2/{repo}/app/manifests/v1", timeout=30)
+
+    def wait_for(path: pathlib.Path, text: str) -> str:
+        deadline = time.monotonic() + 20
+        while True:
+            content = path.read_text() if path.exists() else ""
+            if text in content:
+                return content
+            assert time.monotonic() < deadline, f"{text!r} not in {path}:\n{content[-2000:]}"
+            time.sleep(0.05)
+
+    ask("before-rotate")
+    wait_for(logfile, "before-rotate")
+    rotated = tmp_path / "access.log.1"
+    logfile.rename(rotated)
+    d.signal(signal.SIGHUP)
+    wait_for(logfile, "log file reopened")
+    ask("after-rotate")
+    new = wait_for(logfile, "after-rotate")
+    old = rotated.read_text()
+    assert "before-rotate" in old and "after-rotate" not in old
+    assert "before-rotate" not in new
+    ask("before-exit")
+    assert d.stop() == 0
+    final = logfile.read_text()
+    assert "before-exit" in final
+    # Logged as serve() returns, microseconds before the process exits.
+    assert final.rstrip().endswith("drayage stopped"), final[-500:]
