@@ -514,14 +514,14 @@ public:
         if (!*meta) return std::optional<SmallRead>{};
         SmallRead out{std::move(**meta), false};
         const BlobMeta& m = out.meta;
-        if (m.state != BlobState::complete || m.size > max_bytes || m.size > chunk_size_) {
+        if (!detail::small_read_copies(m, max_bytes, chunk_size_)) {
             return std::optional<SmallRead>{std::move(out)};
         }
         if (m.size > 0) {
             MDB_val v;
             if (auto st = get_chunk(txn->get(), m.blob_id, 0, v); !st) return st.error();
             if (v.mv_size != m.size) {
-                return make_error(kErrStore, "chunk shorter than its blob says: " + m.digest);
+                return detail::short_chunk_error(m.digest);
             }
             if (auto st = copy_value(v, place(v.mv_size)); !st) return st.error();
         }

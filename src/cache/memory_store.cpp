@@ -183,7 +183,7 @@ public:
         if (it == state_.meta.end()) return std::optional<SmallRead>{};
         SmallRead out{it->second, false};
         const BlobMeta& m = out.meta;
-        if (m.state != BlobState::complete || m.size > max_bytes || m.size > chunk_size_) {
+        if (!detail::small_read_copies(m, max_bytes, chunk_size_)) {
             return std::optional<SmallRead>{std::move(out)};
         }
         if (m.size > 0) {
@@ -191,7 +191,7 @@ public:
             if (c == state_.chunks.end())
                 return make_error(kErrNotFound, "reading chunk: not found");
             if (c->second->size() != m.size) {
-                return make_error(kErrStore, "chunk shorter than its blob says: " + m.digest);
+                return detail::short_chunk_error(m.digest);
             }
             char* dst = place(m.size);
             if (dst == nullptr) return make_error(kErrStore, "no memory to read a chunk into");

@@ -29,6 +29,17 @@ inline std::uint64_t chunk_charge(std::uint64_t len, std::uint64_t page) {
     return (len + kPageHeader + page - 1) / page * page;
 }
 
+// BlobStore::read_small: whether the bytes of `m` are to be copied (complete, and within both
+// `max_bytes` and one chunk).
+inline bool small_read_copies(const BlobMeta& m, std::uint64_t max_bytes,
+                              std::uint64_t chunk_size) {
+    return m.state == BlobState::complete && m.size <= max_bytes && m.size <= chunk_size;
+}
+
+inline Error short_chunk_error(const std::string& digest) {
+    return make_error(kErrStore, "chunk shorter than its blob says: " + digest);
+}
+
 inline void put_be64(std::string& out, std::uint64_t v) {
     for (int i = 7; i >= 0; --i)
         out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));

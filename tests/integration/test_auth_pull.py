@@ -424,9 +424,7 @@ def test_sighup_reloads_the_rules(build_dir, tmp_path, upstream):
 
 
 def worker_hits(d) -> float:
-    text = requests.get(f"{d.url}/metrics", timeout=10).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("drayage_http_worker_hits_total"))
+    return d.metric("drayage_http_worker_hits_total")
 
 
 def test_hit_workers_admit_tokens_and_anonymous_reads_and_leave_the_rest_to_the_loop(mirror,
