@@ -569,11 +569,11 @@ TEST_CASE("complete readers opened on other threads while the loop fills and evi
         REQUIRE(fill_blob(*cache, b.base, other, sha256_digest(other))->succeeded());
         CHECK(cache->open_complete_reader(sha256_digest(other), 0, std::nullopt).ok());
     }
-    while (whole_reads.load() < 30)
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    const bool read_enough = wait_for([&] { return whole_reads.load() >= 30; });
     stop = true;
     for (auto& th : readers)
         th.join();
+    REQUIRE(read_enough);
     CHECK(bad.load() == 0);
     // A digest being filled is not "complete": open_complete_reader leaves it to the loop.
     std::string filling = random_bytes(300 * 1024, 7);
@@ -636,11 +636,11 @@ TEST_CASE("small blobs read whole on other threads while the loop fills and evic
         REQUIRE(fill_blob(*cache, b.base, blobs[i].data, blobs[i].digest)->succeeded());
         filled = i + 1;
     }
-    while (copies.load() < 200)
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    const bool copied_enough = wait_for([&] { return copies.load() >= 200; });
     stop = true;
     for (auto& th : readers)
         th.join();
+    REQUIRE(copied_enough);
     CHECK(bad.load() == 0);
     CHECK(cache->stats().evicted_blobs > 0);
     CHECK(cache->stats().hits >= static_cast<std::uint64_t>(copies.load()));

@@ -60,15 +60,19 @@ struct Base {
     ~Base() { event_base_free(base); }
 };
 
-// Runs the loop until `done()` or until a generous hang guard trips (returns false then; the
-// caller REQUIREs the result, so a hang fails the test instead of blocking CI).
+// How long a wait may last before the test calls it a hang. Generous: it bounds a hang, it
+// says nothing about speed (the machine is shared and may be slow).
+inline constexpr std::chrono::seconds kHangGuard{120};
+
+// Runs the loop until `done()` or until the hang guard trips (returns false then; the caller
+// REQUIREs the result, so a hang fails the test instead of blocking CI).
 inline bool pump(event_base* base, const std::function<bool()>& done,
                  const std::function<void()>& each = {}) {
     auto tick = [](evutil_socket_t, short, void*) {};
     event* timer = event_new(base, -1, EV_PERSIST, tick, nullptr);
     timeval tv{0, 2000};
     event_add(timer, &tv);
-    auto guard = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    auto guard = std::chrono::steady_clock::now() + kHangGuard;
     bool ok = true;
     while (!done()) {
         if (std::chrono::steady_clock::now() > guard) {
@@ -80,6 +84,18 @@ inline bool pump(event_base* base, const std::function<bool()>& done,
     }
     event_free(timer);
     return ok;
+}
+
+// Waits (sleeping, not running a loop) until other threads make `done()` true, or until the
+// hang guard trips: returns false then, for the caller to check once it has stopped and joined
+// its threads.
+inline bool wait_for(const std::function<bool()>& done) {
+    auto guard = std::chrono::steady_clock::now() + kHangGuard;
+    while (!done()) {
+        if (std::chrono::steady_clock::now() > guard) return false;
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return true;
 }
 
 // Drives bytes into a fill in slices, honouring append()'s false and the resume callback.

@@ -22,6 +22,29 @@ using namespace drayage::net;
 
 namespace {
 
+// Runs `base` until a test callback breaks the loop. Bounded: when that never happens (a call
+// whose callback never comes), a guard breaks it after 120 s and the test fails instead of
+// hanging. Generous: it bounds a hang, it says nothing about speed.
+void dispatch_bounded(event_base* base) {
+    struct Guard {
+        event_base* base;
+        bool tripped = false;
+    } g{base};
+    event* guard = evtimer_new(
+        base,
+        [](evutil_socket_t, short, void* arg) {
+            auto* self = static_cast<Guard*>(arg);
+            self->tripped = true;
+            event_base_loopbreak(self->base);
+        },
+        &g);
+    timeval limit{120, 0};
+    evtimer_add(guard, &limit);
+    event_base_dispatch(base);
+    event_free(guard);
+    if (g.tripped) FAIL("the loop ran 120 s without the callback the test waits for");
+}
+
 std::string pattern(std::size_t n) {
     std::string s(n, '\0');
     for (std::size_t i = 0; i < n; ++i) {
@@ -122,7 +145,7 @@ struct Fixture {
     Fixture() = default;
     Fixture(const Fixture&) = delete;
     Fixture& operator=(const Fixture&) = delete;
-    void run() { event_base_dispatch(base); }
+    void run() { dispatch_bounded(base); }
     void stop() { event_base_loopbreak(base); }
 };
 
@@ -543,7 +566,7 @@ TEST_CASE("destroying the loop with a call running cancels it quietly", "[net]")
                                              return true;
                                          },
                                          [&](Status, const CallResponse&) { done_called = true; }});
-        event_base_dispatch(base);
+        dispatch_bounded(base);
         CHECK(body == "abc");
         CHECK(loop->running() == 1);
         loop.reset();
