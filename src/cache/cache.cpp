@@ -161,10 +161,6 @@ void BlobReader::on_readable(std::function<void()> callback) {
     core_->callback = std::move(callback);
 }
 
-std::uint64_t BlobReader::position() const {
-    return core_->pos;
-}
-
 std::optional<std::uint64_t> BlobReader::end() const {
     return core_->end();
 }
@@ -219,7 +215,6 @@ bool CacheFill::append(std::string_view bytes) {
 }
 
 void CacheFill::submit_tail(bool last) {
-    if (tail_.empty() && !last) return;
     if (tail_.empty()) return;
     Cache::Impl& impl = *cache_->impl_;
     auto data = std::make_shared<const std::string>(std::move(tail_));
@@ -637,7 +632,6 @@ Result<Lookup> Cache::lookup(std::string_view digest) {
     if (!*m || (*m)->state != BlobState::complete) return out;
     out.presence = Presence::complete;
     out.size = (*m)->size;
-    out.media_type = (*m)->media_type;
     return out;
 }
 

@@ -101,7 +101,6 @@ public:
     // make progress. Replaces any previous callback.
     void on_readable(std::function<void()> callback);
 
-    std::uint64_t position() const;            // next byte read() returns
     std::optional<std::uint64_t> end() const;  // one past the last byte, once known
     std::optional<std::uint64_t> blob_size() const;
 
@@ -185,7 +184,6 @@ enum class Presence { absent, filling, complete };
 struct Lookup {
     Presence presence = Presence::absent;
     std::uint64_t size = 0;  // complete only
-    std::string media_type;
 };
 
 struct Document {

@@ -62,8 +62,6 @@ public:
 
     std::uint64_t part_size() const { return part_size_; }
     std::uint64_t bytes_written() const { return bytes_written_; }
-    // Bytes held in memory now (parts in flight or waiting, plus the part being filled).
-    std::uint64_t buffered_bytes() const;
     bool failed() const { return failed_; }
 
     MultipartUpload(Client& client, Options options);
@@ -77,7 +75,7 @@ private:
     std::string take_buffer();
     void pump();
     void ensure_created();
-    void on_part_done(int number, std::uint64_t size, Result<std::string> etag);
+    void on_part_done(int number, Result<std::string> etag);
     void maybe_complete();
     void fail(Error error);
     void finish_failure(Error error);
@@ -91,7 +89,6 @@ private:
     std::shared_ptr<std::vector<std::string>> spare_ = std::make_shared<std::vector<std::string>>();
     std::vector<Part> queued_;
     int in_flight_ = 0;
-    std::uint64_t in_flight_bytes_ = 0;
     int next_part_number_ = 1;
     std::vector<CompletedPart> completed_;
     std::string upload_id_;

@@ -32,14 +32,6 @@ std::string MultipartUpload::take_buffer() {
     return b;
 }
 
-std::uint64_t MultipartUpload::buffered_bytes() const {
-    std::uint64_t n = in_flight_bytes_ + current_.size();
-    for (const auto& p : queued_) {
-        n += p.bytes->size();
-    }
-    return n;
-}
-
 bool MultipartUpload::write(std::string_view data) {
     if (failed_ || finishing_) {
         return false;
@@ -125,19 +117,16 @@ void MultipartUpload::pump() {
         Part part = std::move(queued_.front());
         queued_.erase(queued_.begin());
         ++in_flight_;
-        std::uint64_t size = part.bytes->size();
-        in_flight_bytes_ += size;
         int number = part.number;
         client_.upload_part(options_.key, upload_id_, number, std::move(part.bytes),
-                            [self, number, size](Result<std::string> etag) {
-                                self->on_part_done(number, size, std::move(etag));
+                            [self, number](Result<std::string> etag) {
+                                self->on_part_done(number, std::move(etag));
                             });
     }
 }
 
-void MultipartUpload::on_part_done(int number, std::uint64_t size, Result<std::string> etag) {
+void MultipartUpload::on_part_done(int number, Result<std::string> etag) {
     --in_flight_;
-    in_flight_bytes_ -= size;
     if (!etag) {
         fail(etag.error());
         return;
