@@ -1,11 +1,17 @@
 // Hit workers (`http.workers`): extra event-loop threads, each with its own listening socket on
 // http.addr (SO_REUSEPORT, so the kernel spreads new connections over all of them), that serve
-// cache hits themselves and hand every other request's connection to the main loop.
+// GET and HEAD of blobs complete in the cache themselves and hand every other request, with its
+// connection, to the main loop (registry::make_hit_handler, Exchange::hand_off, Server::adopt).
+// With auth, a worker serves a hit only when it can admit the request itself (no credentials or
+// a Bearer token, through Authenticator::admit_hit, and a committed link of the blob to the
+// repository); Basic credentials and refusals go to the main loop. Plain HTTP only: main()
+// starts no workers with TLS, since a TLS session cannot follow a hand-off.
 //
 // Why: one loop thread spends most of its time in the kernel's TCP code when serving small blobs,
 // and a second one doubles what a two-core machine can serve. The main loop keeps everything
-// that has state (fills, origins, pushes, manifests); workers use only the thread-safe part of
-// the cache (Cache::open_complete_reader).
+// that has state (fills, origins, pushes, manifests); workers use only the parts that are safe
+// from any thread: Cache::read_small, Cache::open_complete_reader and its readers, the store's
+// is_linked, and Authenticator::admit_hit.
 #pragma once
 
 #include <event2/event.h>

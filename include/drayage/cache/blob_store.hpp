@@ -30,7 +30,8 @@
 // Chunk size: 256 KiB - 16 (64 pages exactly). Measured (bench/cache_bench.cpp, 1 GiB, loaded
 // 2-core box): reader throughput 2.1-3.3 GB/s for all three sizes, i.e. 0.6x read() from the page
 // cache (one memcpy out of the map per chunk plus the copy into the client buffer); fill
-// throughput is bound by page-cache writes and fsync, not by the chunk size. 256 KiB keeps a
+// throughput was bound by page-cache writes and the fsync of each commit (commits use MDB_NOSYNC
+// since; see lmdb_store.cpp), not by the chunk size. 256 KiB keeps a
 // reader's buffer (one chunk) at 256 KiB, so thousands of concurrent readers stay cheap, with
 // 1/4 of the LMDB operations of 64 KiB chunks and 0.02% overhead.
 //

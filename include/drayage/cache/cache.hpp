@@ -1,21 +1,29 @@
-// The blob cache: a BlobStore, one writer thread, and single-flight verified fills.
+// The blob cache: a BlobStore, a hashing thread and a writer thread, and single-flight verified
+// fills.
 //
 // Life of a blob GET through the cache (the registry front drives it):
-//   open_reader(digest, offset, len)
-//     complete blob -> a BlobReader over committed chunks
-//     fill running  -> a BlobReader joined to that fill
-//     absent        -> kErrNotFound: the caller calls start_or_join_fill(); if `started` it
-//                      drives the source (S3 or upstream GET) into the fill, then opens a reader.
+//   read_small(digest, max, place)  a complete blob of at most `max` bytes (a whole GET): copied
+//                                   into the response in one read transaction, no reader
+//   lookup(digest)
+//     complete -> open_reader(digest, offset, len): a BlobReader over committed chunks
+//     filling  -> open_reader(...): a BlobReader joined to that fill
+//     absent   -> the front asks the origins (the bucket, the upstream) in turn; when one answers
+//                 with the blob's head, start_or_join_fill(digest, size). If `started`, the front
+//                 drives that origin's bytes into the fill (append, finish or fail); either way it
+//                 opens a reader for each client waiting for the digest.
 //   The server calls reader->read(max) while its socket is under the high watermark; on
 //   would_block it waits for the on_readable callback.
 //
 // Threads: every method of Cache, CacheFill and BlobReader, and every callback they make, runs on
-// the event loop thread of the event_base passed to open(), except open_complete_reader() and
-// the readers it returns. The writer thread owns every write
-// transaction: it takes whatever is queued (group commit, at most max_batch_bytes per txn),
-// hashes fill chunks (sha256, OpenSSL EVP), writes them, evicts to stay under max_size, commits,
-// and wakes the loop through a pipe. Readers copy one chunk at a time out of LMDB in a short read
-// transaction, or point at a not-yet-committed chunk held in memory by the fill.
+// the event loop thread of the event_base passed to open(), except read_small(),
+// open_complete_reader() and the readers it returns. Fill chunks and documents go from the loop
+// to the hashing thread, which computes their sha256 (OpenSSL EVP) and so decides whether a fill
+// verified, and on to the writer thread, which owns every write transaction: it takes whatever
+// is queued (group commit, at most max_batch_bytes per txn), writes the chunks, evicts to stay
+// under max_size, commits, and wakes the loop through a pipe. The two threads overlap: a cold
+// fill hashes the next batch while this one is written. Readers copy one chunk at a time out of
+// the store in a short read transaction, or point at a not-yet-committed chunk held in memory by
+// the fill.
 //
 // Lifetimes: BlobReaders must be destroyed before the Cache. A CacheFill may outlive it (the source
 // may still hold it); once the Cache is gone the fill reports failure and ignores input.
@@ -61,9 +69,11 @@ struct CacheOptions {
     std::chrono::seconds touch_interval{60};  // LRU/hit-count updates per blob at most this often
     // Writer queue watermarks (bytes of queued chunks): above high every append() returns false;
     // sources are resumed when the queue drains under low. Measured on a cold 1 GiB pull (3 rounds
-    // each): 16/4 MiB with 16 MiB commits filled at 0.42 GB/s with 36 MiB anonymous RSS, where
-    // 32/8 MiB with 64 MiB commits gave 0.32 GB/s and 64 MiB: smaller commits keep the fsync and
-    // the network overlapped, and LMDB's dirty pages for a commit are held in memory.
+    // each) when every commit still ended in an fsync: 16/4 MiB with 16 MiB commits filled at
+    // 0.42 GB/s with 36 MiB anonymous RSS, where 32/8 MiB with 64 MiB commits gave 0.32 GB/s and
+    // 64 MiB: smaller commits kept the fsync and the network overlapped. Commits use MDB_NOSYNC
+    // now (no fsync; see lmdb_store.cpp); the sizes still bound memory, since LMDB holds a
+    // commit's dirty pages in memory until it is written.
     std::uint64_t queue_high_watermark = 16 * 1024 * 1024;
     std::uint64_t queue_low_watermark = 4 * 1024 * 1024;
     std::uint64_t max_batch_bytes = 16 * 1024 * 1024;  // per group commit
