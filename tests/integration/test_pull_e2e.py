@@ -433,11 +433,12 @@ def test_sigterm_lets_transfers_on_hit_workers_finish(upstream, drayage_factory)
         s.connect(("127.0.0.1", d.port))
         s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         socks.append(s)
-    time.sleep(0.3)
-    d.signal(signal.SIGTERM)
-    for s in socks:
-        data = b""
+    firsts = []
+    for s in socks:  # every transfer is under way before the signal
         s.settimeout(60)
+        firsts.append(s.recv(64 * 1024))
+    d.signal(signal.SIGTERM)
+    for s, data in zip(socks, firsts):
         while len(data) < mid.size + 200:
             time.sleep(0.002)  # a slow reader: the transfer outlasts the signal
             chunk = s.recv(64 * 1024)
