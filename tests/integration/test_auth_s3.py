@@ -52,7 +52,8 @@ def test_cross_repository_digest_only_in_the_bucket(swift, tmp_path, build_dir):
         # alice under the right name: proven by the bucket's layer link, no manifest fetched.
         r = requests.get(f"{d.url}/v2/private/app/blobs/{layer.digest}", auth=("alice", "pw"))
         assert r.status_code == 200 and hashlib.sha256(r.content).hexdigest() == layer.digest[7:]
-        assert "outcome=miss:s3" in d.log()
+        assert [a["outcome"] for a in d.access(f"/v2/private/app/blobs/{layer.digest}")] == \
+            ["miss:s3"]
         denied_everywhere()  # now cached locally too
         # bob may read public/x content, not the private layer under private/app.
         assert requests.get(f"{d.url}/v2/public/x/blobs/{public.layers[0].digest}",

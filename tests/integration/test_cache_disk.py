@@ -71,7 +71,7 @@ def test_misses_are_streamed_uncached_while_the_disk_is_full_then_cached_again(
 
         body = get_whole(url(a))
         assert hashlib.sha256(body).hexdigest() == a.digest.split(":")[1]
-        log = d.log()
+        log = d.sync_log()
         assert "writes are failing" in log
         assert "uncached:upstream" in outcomes(log, a.digest)
         assert "drayage_cache_writable 0" in requests.get(f"{d.url}/metrics", timeout=10).text
@@ -82,7 +82,7 @@ def test_misses_are_streamed_uncached_while_the_disk_is_full_then_cached_again(
         while True:
             body = get_whole(url(b))
             assert hashlib.sha256(body).hexdigest() == b.digest.split(":")[1]
-            if outcomes(d.log(), b.digest)[-1] == "hit":
+            if outcomes(d.sync_log(), b.digest)[-1] == "hit":
                 break
             assert time.monotonic() < deadline, outcomes(d.log(), b.digest)
             time.sleep(1)
@@ -105,7 +105,7 @@ def test_cache_that_fills_its_disk_shrinks_to_fit_and_keeps_serving(tmp_path, sm
             for layer in image.layers:
                 body = get_whole(f"{d.url}/v2/disk/many/blobs/{layer.digest}")
                 assert hashlib.sha256(body).hexdigest() == layer.digest.split(":")[1]
-        log = d.log()
+        log = d.sync_log()
         assert "is larger than the whole filesystem" in log  # said at start
         # Kept within the filesystem before it filled: no write ever failed.
         assert "has room for about" in log
@@ -113,7 +113,7 @@ def test_cache_that_fills_its_disk_shrinks_to_fit_and_keeps_serving(tmp_path, sm
         # The last blob filled is still cached: the cache works within what fits.
         last = image.layers[-1]
         get_whole(f"{d.url}/v2/disk/many/blobs/{last.digest}")
-        assert outcomes(d.log(), last.digest)[-1] == "hit"
+        assert outcomes(d.sync_log(), last.digest)[-1] == "hit"
         metrics = requests.get(f"{d.url}/metrics", timeout=10).text
         charged = float(re.search(r"^drayage_cache_charged_bytes (\S+)$", metrics, re.M).group(1))
         assert charged <= 256 * MiB

@@ -302,13 +302,19 @@ def test_upload_ids_are_random_uuids(stack):
 def test_client_disconnects_mid_patch(stack):
     loc = start_upload(stack.url, "gone")
     total = 40 * MiB
+    mark = stack.swift.log_mark()
     s = socket.create_connection(("127.0.0.1", stack.drayage.port))
     s.sendall((f"PATCH {loc} HTTP/1.1\r\nHost: x\r\nContent-Length: {total}\r\n"
                "Content-Type: application/octet-stream\r\n\r\n").encode())
     chunk = data(MiB, 9)
-    for _ in range(12):  # 12 of 40 MiB: two parts are in S3 by now
+    for _ in range(12):  # 12 of 40 MiB: two whole parts
         s.sendall(chunk)
-    time.sleep(0.5)
+    # Gone once parts are in S3, so that there is something to clean up.
+    deadline = time.monotonic() + 30
+    while not [q for q in stack.swift.s3_requests(mark)
+               if q.method == "PUT" and "partNumber=" in q.query and q.status == 200]:
+        assert time.monotonic() < deadline, "no part reached S3"
+        time.sleep(0.1)
     s.close()
     stack.assert_clean(timeout=20)
     assert requests.get(f"{stack.url}{loc}", timeout=10).status_code == 404

@@ -2,13 +2,22 @@
 import copy
 import os
 import pathlib
+import re
 import subprocess
 import time
+import uuid
 
 import requests
 import yaml
 
-from .net import free_port, wait_for_port, terminate
+from .net import free_port, wait_for_port, wait_until, terminate
+
+# The path of the requests sync_log() sends; access() leaves them out.
+SENTINEL = "/drayage-sentinel-"
+# One access line: access peer=P method=M path="PATH" status=S in=I out=O ms=T outcome=X[ user=U]
+_ACCESS = re.compile(r' access peer=\S+ method=(?P<method>\S+) path="(?P<path>[^"]*)" '
+                     r'status=(?P<status>\d+) .*? outcome=(?P<outcome>\S+)'
+                     r'(?: user=(?P<user>\S+))?$')
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -94,6 +103,30 @@ class Drayage:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def sync_log(self, timeout: float = 30.0) -> str:
+        """The log once it holds the line of every request answered before this call, so that
+        what is not in it did not happen. drayage queues a request's access line before the
+        response has gone out and writes its lines in the order they were queued: this sends a
+        request of its own (a sentinel, answered 404) and waits for that line."""
+        path = SENTINEL + uuid.uuid4().hex
+        requests.get(self.url + path, timeout=timeout)
+        wait_until(lambda: f'path="{path}"' in self.log_path.read_text(errors="replace"),
+                   f"drayage to log {path}", timeout)
+        return self.log_path.read_text(errors="replace")
+
+    def access(self, path_part: str = "") -> list[dict]:
+        """The access lines (dicts: method, path, status, outcome, user) of the requests whose
+        path contains `path_part`, in order, once every request answered so far is logged
+        (sync_log())."""
+        out = []
+        for line in self.sync_log().splitlines():
+            m = _ACCESS.search(line)
+            if m and path_part in m.group("path") and SENTINEL not in m.group("path"):
+                rec = m.groupdict()
+                rec["status"] = int(rec["status"])
+                out.append(rec)
+        return out
 
     def signal(self, sig) -> None:
         self.proc.send_signal(sig)

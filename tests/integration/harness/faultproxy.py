@@ -15,6 +15,7 @@ decided per request. Rules are checked in order at each request head; the first 
 
 Configurable while running, from the test's thread:
     proxy.set_rules([Rule("slowdown", share=0.3)]); proxy.rate = 50e6; proxy.stats["slowdown"]
+Every request line it saw, in order (what the client really sent): proxy.request_lines
 
 Run by hand (for bench/): python3 -m harness.faultproxy --upstream 127.0.0.1:PORT --rate 50e6
 """
@@ -106,6 +107,7 @@ class FaultProxy:
         self._random = random.Random(seed)
         self.stats = {"requests": 0, "slowdown": 0, "reset_request": 0, "reset_response": 0,
                       "stall_response": 0}
+        self.request_lines: list[str] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server = None
         self._thread: threading.Thread | None = None
@@ -124,6 +126,7 @@ class FaultProxy:
     def _pick(self, request_line: str) -> Optional[Rule]:
         with self._lock:
             self.stats["requests"] += 1
+            self.request_lines.append(request_line)
             for i, rule in enumerate(self._rules):
                 if rule.match is not None and rule.match not in request_line:
                     continue

@@ -26,6 +26,15 @@ def wait_for_port(port: int, timeout: float = 20.0, proc=None, what: str = "serv
     raise TimeoutError(f"{what} did not listen on 127.0.0.1:{port} within {timeout}s")
 
 
+def wait_until(predicate, what: str, timeout: float = 30.0) -> None:
+    """Polls `predicate` until it holds; fails naming `what` after `timeout` s, which bounds a
+    hang and says nothing about speed."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
 def rss_kib(pid: int) -> int:
     """Current resident set size of `pid` in KiB (VmRSS)."""
     with open(f"/proc/{pid}/status") as f:

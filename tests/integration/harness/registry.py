@@ -9,6 +9,7 @@
     reg.start()
     image = reg.push_image("team/app", "v1", [1024, 5 * MiB])
     reg.blob_gets(image.layers[0].digest)                   # from the access log
+    reg.sync(); assert not reg.blob_gets(digest)            # before asserting an absence
     reg.stop()
 
 The access log (Apache combined format; docker-registry writes it to stdout) is captured to a
@@ -25,11 +26,12 @@ import tarfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 
 import yaml
 
 from .drayage import deep_merge
-from .net import free_port, wait_for_port, terminate
+from .net import free_port, wait_for_port, wait_until, terminate
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -41,6 +43,9 @@ OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 ALL_MANIFESTS = ",".join([OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST])
+
+# In the path of the requests Registry.sync() sends; requests() leaves them out.
+SENTINEL = "drayage-sentinel"
 
 # One access-log line: host ident user [time] "METHOD PATH PROTO" status size "referer" "agent"
 _ACCESS = re.compile(
@@ -294,23 +299,33 @@ class Registry:
             return out
         for line in text.splitlines():
             m = _ACCESS.match(line)
-            if m:
+            if m and SENTINEL not in m.group("path"):
                 size = m.group("size")
                 out.append({"method": m.group("method"), "path": m.group("path"),
                             "status": int(m.group("status")),
                             "size": 0 if size == "-" else int(size), "user": m.group("user")})
         return out
 
-    def wait_for_requests(self, predicate, count: int, timeout: float = 10.0,
+    def sync(self, timeout: float = 30.0) -> None:
+        """Waits until the access log holds the line of every request answered before this call,
+        so that what is not in it did not happen. docker-registry writes a request's line when
+        its handler returns; this sends a request of its own (a sentinel, which requests()
+        leaves out) and waits for that line: the requests finished before it are logged then."""
+        path = f"/v2/?{SENTINEL}={uuid.uuid4().hex}"
+        self.get(path)  # any status will do (401 with auth): every request is logged
+        wait_until(lambda: path in self.access_log_path.read_text(errors="replace"),
+                   f"the registry to log {path}", timeout)
+
+    def wait_for_requests(self, predicate, count: int, timeout: float = 30.0,
                           since: int = 0) -> list:
-        """The access log is written after the response: wait until `count` requests match
-        (among those after the first `since`, e.g. `len(reg.requests())` taken earlier)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            hits = [r for r in self.requests()[since:] if predicate(r)]
-            if len(hits) >= count or time.monotonic() > deadline:
-                return hits
-            time.sleep(0.05)
+        """Every request that matches (among those after the first `since`, e.g.
+        `len(reg.requests())` taken earlier), once at least `count` do: all of them, including
+        any past `count` that were answered meanwhile (sync()), so callers can assert exact
+        lists. Fails when fewer than `count` match within `timeout`."""
+        wait_until(lambda: len([r for r in self.requests()[since:] if predicate(r)]) >= count,
+                   f"{count} such requests in the access log", timeout)
+        self.sync()
+        return [r for r in self.requests()[since:] if predicate(r)]
 
     def blob_gets(self, digest: str | None = None, status: int | None = None) -> list:
         """GET requests of blobs (optionally of one digest, with one status) in the access log."""

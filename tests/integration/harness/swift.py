@@ -15,6 +15,10 @@ on its output (stdout or stderr, depending on buffering; both are read) that tes
 The first proxy-logging in the pipeline logs what the S3 client sent (source "-"); the second logs
 Swift subrequests s3api makes (paths under /v1/). `s3_requests()` keeps only the former.
 
+The proxy logs a request after its response has gone out, so a client may have its answer before
+the line is written: `requests()` first sends a request of its own (a sentinel, left out of what it
+returns) and waits for its line, by which time the requests answered before it are logged too.
+
 Use the session fixture `swift` (import it into a test module: `from harness.swift import swift`).
 """
 import atexit
@@ -26,14 +30,17 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass
 
 import pytest
 
-from .net import free_port, wait_for_port
+from .net import free_port, wait_for_port, wait_until
 
 ACCESS_KEY = "test:tester"
+SENTINEL = "drayage-sentinel"  # in the path of the requests sync() sends
 SECRET_KEY = "testing"
 REGION = "us-east-1"
 
@@ -283,16 +290,30 @@ use = egg:swift#dlo
         with self._log_lock:
             return len(self._log_lines)
 
-    def requests(self, since: int = 0, settle: float = 0.3) -> list[LogRecord]:
-        """Access-log records after `since`. Waits `settle` s for lines still being written
-        (the proxy logs after the response is sent)."""
-        time.sleep(settle)
+    def sync(self, timeout: float = 30.0) -> None:
+        """Waits until the access log holds the line of every request answered before this call
+        (see the module docstring)."""
+        path = f"/{SENTINEL}-{uuid.uuid4().hex}"
+        try:  # unsigned: not an S3 request, and refused, but logged like any other
+            urllib.request.urlopen(self.endpoint + path, timeout=30).close()
+        except urllib.error.HTTPError:
+            pass
+
+        def logged() -> bool:
+            with self._log_lock:
+                return any(path in line for line in self._log_lines)
+        wait_until(logged, f"the Swift proxy to log {path}", timeout)
+
+    def requests(self, since: int = 0) -> list[LogRecord]:
+        """Access-log records after `since`, once every request answered before the call is
+        logged (sync())."""
+        self.sync()
         with self._log_lock:
             lines = self._log_lines[since:]
         out = []
         for line in lines:
             f = line.split()
-            if len(f) < 10:
+            if len(f) < 10 or SENTINEL in f[2]:
                 continue
             # The template quotes the path once more; one unquote gives the wire form.
             out.append(LogRecord(method=f[1], path=urllib.request.unquote(f[2]), status=int(f[3]),
@@ -301,9 +322,9 @@ use = egg:swift#dlo
                                  bytes_out=int(f[8]) if f[8].isdigit() else 0, source=f[9]))
         return out
 
-    def s3_requests(self, since: int = 0, settle: float = 0.3) -> list[LogRecord]:
+    def s3_requests(self, since: int = 0) -> list[LogRecord]:
         """Only the requests the S3 client sent (not s3api's Swift subrequests)."""
-        return [r for r in self.requests(since, settle)
+        return [r for r in self.requests(since)
                 if not r.path.startswith("/v1/") and r.path != "/healthcheck"
                 and r.source in ("-", "")]
 
