@@ -434,6 +434,16 @@ def test_max_connections_accepts_and_closes_the_excess(http_server):
     b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcd",
     b"POST /sink HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nnothex\r\n",
     b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length : 3\r\n\r\nabc",
+    # What http-parser's lenient build accepts: obs-fold, bare LF, NUL, CR without LF, a bent
+    # version literal, chunk data not followed by CRLF.
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n 5\r\n\r\nhello",
+    b"GET / HTTP/1.1\nHost: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\nX-A: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\n\rX",
+    b"GET / HTTX/1.1\r\nHost: x\r\n\r\n",
+    b"POST /sink HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXY0\r\n\r\n",
 ])
 def test_malformed_requests_get_400(http_server, payload):
     srv = http_server()
