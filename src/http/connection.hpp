@@ -57,7 +57,8 @@ public:
     void start_with_input(std::string replay);
     // Server shutdown: close now when idle, otherwise close after the current response.
     void on_server_shutdown();
-    // Closes at once. `notify` false: no handler callbacks (server destruction).
+    // Closes at once. `notify` false: no handler callbacks (server destruction). A response
+    // whose head went out and that has not finished is cut with RST (reset_on_close).
     void close_now(const char* why, bool notify = true);
 
     // Called by Exchange.
@@ -114,6 +115,7 @@ private:
     void log_exchange(Exchange& ex, int status);
     static metrics::Counter& requests_counter(const std::string& method, int status);
     void retire(Exchange& ex);
+    void reset_on_close();
 
     Server::State& state_;
     bufferevent* bev_;

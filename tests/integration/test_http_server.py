@@ -274,6 +274,22 @@ def test_client_disconnects_mid_transfer(http_server):
     assert srv.alive()
 
 
+@pytest.mark.parametrize("version,chunked", [("1.1", False), ("1.1", True), ("1.0", True)])
+def test_aborted_response_ends_with_a_reset(http_server, version, chunked):
+    """A response cut mid-way (its source failed: Exchange::abort) ends with RST, never with the
+    FIN that ends a whole one; for HTTP/1.0 with no length the FIN would pass for the end."""
+    srv = http_server()
+    target = f"/source?bytes={MiB}&abort_at={256 * 1024}" + ("&chunked=1" if chunked else "")
+    with srv.connect() as s:
+        s.sendall(f"GET {target} HTTP/{version}\r\nHost: x\r\n\r\n".encode())
+        received = 0
+        with pytest.raises(ConnectionResetError):
+            while data := s.recv(1 << 16):
+                received += len(data)
+        assert received < MiB
+    assert srv.alive()
+
+
 # --- limits ------------------------------------------------------------------------------
 
 def expect_error_and_close(srv, payload: bytes, status: int) -> Response:

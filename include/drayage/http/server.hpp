@@ -47,6 +47,10 @@
 // Errors the server answers itself are Registry API error bodies when the path starts with
 // "/v2/", plain text otherwise.
 //
+// Cut responses: a response that stops after its head went out and before finish() (abort(), a
+// short body at finish(), send_timeout, the shutdown deadline, a handler that threw) ends with a
+// reset (RST), never with the FIN that ends a complete one.
+//
 // Client going away: noticed when the socket reports it (a reset, a failed write, or EOF read
 // while the request is incomplete); then on_closed fires and, while a body is being read,
 // BodyHandlers::on_error. EOF after a complete request is taken as a half-close: the response
@@ -110,6 +114,12 @@ public:
     void resume_body();
 
     // --- Response -----------------------------------------------------------------------
+    // True when a body of unknown length (send_head without content_length) reaches this client
+    // framed so that it can tell the body's end from a cut: chunked on HTTP/1.1, or no body at
+    // all (HEAD). False for an HTTP/1.0 GET, whose body only the close would end: a handler
+    // whose source may yet fail (a blob still being verified) should then not start the body
+    // before the length is known, and answer otherwise (drayage's blob path: 503).
+    bool delimits_unknown_length() const;
     // Sends the status line and headers. `content_length` nullopt means chunked (close-delimited
     // for an HTTP/1.0 client). Do not pass Content-Length, Transfer-Encoding or Connection in
     // `headers`; the server owns framing. For HEAD, Content-Length is sent as given and no body.
@@ -134,8 +144,10 @@ public:
     void finish();
     // send_head + write + finish.
     void respond(int status, HeaderList headers, std::string body);
-    // Cuts the connection now, e.g. when the source of the body failed mid-way. on_closed is
-    // not called for an abort() the handler made itself.
+    // Cuts the connection now, e.g. when the source of the body failed mid-way. The socket is
+    // closed with a reset (RST), never with the FIN that ends a complete response, so that no
+    // client takes the cut for the end of a close-delimited body. on_closed is not called for
+    // an abort() the handler made itself.
     void abort();
     // Called once if the connection closes before finish() (client gone, timeout, shutdown).
     void on_closed(std::function<void()> callback);
