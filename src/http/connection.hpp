@@ -36,6 +36,10 @@ struct Server::State {
     std::function<void()> done;
     event* deadline = nullptr;  // shutdown grace
     event* done_event = nullptr;
+    // accept() failed for want of descriptors (or memory): the listener is off until a
+    // connection of this server closes or `accept_resume` fires.
+    bool accept_paused = false;
+    event* accept_resume = nullptr;
     metrics::Counter* bytes_received = nullptr;
     metrics::Counter* bytes_sent = nullptr;
     metrics::Gauge* open_connections = nullptr;

@@ -1,5 +1,5 @@
-"""drayage's HTTP layer under hostile conditions (docs/reliability.md): HTTP/1.0 clients of a
-blob whose length is not known and whose digest fails.
+"""drayage's HTTP layer under hostile conditions (docs/reliability.md): running out of file
+descriptors, and HTTP/1.0 clients of a blob whose length is not known and whose digest fails.
 
 Requests the parser refuses (obs-fold, bare LF, smuggling shapes) are tested against
 http_test_server in test_http_server.py and in tests/unit/http/parser_test.cpp.
@@ -7,12 +7,91 @@ http_test_server in test_http_server.py and in tests/unit/http/parser_test.cpp.
 import hashlib
 import http.server
 import json
+import os
 import socket
 import threading
+import time
 
 import pytest
+import requests
+
+from harness.drayage import Drayage
+from harness.net import wait_until
 
 MiB = 1 << 20
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time `pid` has used so far (/proc/<pid>/stat utime + stime)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()  # after "pid (comm)": field 3 onwards
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def nofile_limits(pid: int) -> tuple[int, int]:
+    with open(f"/proc/{pid}/limits") as f:
+        for line in f:
+            if line.startswith("Max open files"):
+                soft, hard = line.split()[3:5]
+                return int(soft), int(hard)
+    raise AssertionError("no open-files line in /proc/<pid>/limits")
+
+
+def log_text(d: Drayage) -> str:
+    """The log as it is now (Drayage.log() waits for the file to stop growing, which a spinning
+    process never lets happen)."""
+    return d.log_path.read_text(errors="replace")
+
+
+def answers_healthz(d: Drayage) -> bool:
+    try:
+        return requests.get(d.url + "/healthz", timeout=5).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+# --- out of file descriptors ------------------------------------------------------------------
+
+def test_out_of_descriptors_pauses_accepting_instead_of_spinning(drayage_factory):
+    limit = 128
+    # Workers on: each hit worker has a listener of its own on the same port (SO_REUSEPORT).
+    d = drayage_factory({"http": {"workers": 1,
+                                  "limits": {"header_timeout": "120s", "idle_timeout": "120s"}}},
+                        nofile=(limit, limit))
+    pid = d.proc.pid
+    idle = []
+    try:
+        # More idle connections than descriptors: the kernel completes them all into the
+        # listeners' backlogs; drayage accepts until accept() fails with EMFILE.
+        for _ in range(limit + 40):
+            idle.append(socket.create_connection(("127.0.0.1", d.port), timeout=10))
+        wait_until(lambda: "Too many open files" in log_text(d), "accept() to run out")
+        before = cpu_seconds(pid)
+        time.sleep(3)
+        used = cpu_seconds(pid) - before
+        assert used < 0.5, f"drayage used {used:.2f} s of CPU in 3 s while out of descriptors"
+    finally:
+        for s in idle:
+            s.close()
+    # Descriptors free up as the idle connections close: new ones are accepted again.
+    wait_until(lambda: answers_healthz(d), "drayage to answer again")
+    assert d.metric("drayage_http_accept_paused_total") >= 1
+    lines = [line for line in d.log().splitlines() if "Too many open files" in line]
+    assert len(lines) == 1, f"{len(lines)} lines, e.g. {lines[:3]}"
+
+
+def test_soft_open_files_limit_is_raised_to_the_hard_one(drayage_factory):
+    # The default max_connections (4096) does not fit under 1024: the operator is told so.
+    d = drayage_factory({}, nofile=(256, 1024))
+    assert nofile_limits(d.proc.pid) == (1024, 1024)
+    wait_until(lambda: "open-files limit 1024 is below" in log_text(d), "the start-up warning")
+    # 500 connections and the rest of the process fit: raised, no warning.
+    fits = drayage_factory({"http": {"limits": {"max_connections": 500}}}, name="fits",
+                           nofile=(256, 1024))
+    assert nofile_limits(fits.proc.pid) == (1024, 1024)
+    assert answers_healthz(fits)
+    assert "open-files limit raised from 256 to 1024" in fits.log()
+    assert "is below" not in fits.log()
 
 
 # --- HTTP/1.0 and a blob of unknown length that fails its digest ------------------------------

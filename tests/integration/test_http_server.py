@@ -14,7 +14,7 @@ import pytest
 
 from harness.http_server import (PATTERN, PATTERN_PERIOD, HttpTestServer, Reader, Response,
                                  binary, metric, request)
-from harness.net import peak_rss_kib
+from harness.net import peak_rss_kib, wait_until
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -37,16 +37,6 @@ def http_server(tmp_path):
     yield start
     for s in started:
         s.stop()
-
-
-def wait_until(predicate, what: str, timeout: float = 30.0):
-    """Polls `predicate`; the timeout only bounds a hang, it asserts nothing about speed."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def pattern_ok(data: bytes, offset: int) -> bool:

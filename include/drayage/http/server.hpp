@@ -44,6 +44,12 @@
 //                                                   treat that as a transport error and fall
 //                                                   over to the next mirror, where a 503 would
 //                                                   not make containerd move on
+//   accept() out of descriptors or memory           the listener stops accepting until one of
+//   (EMFILE, ENFILE, ENOBUFS, ENOMEM)               its connections closes or 1 s passes (the
+//                                                   connection waits in the backlog); one
+//                                                   warning per episode for the process,
+//                                                   drayage_http_accept_paused_total counts
+//                                                   the pauses
 // Errors the server answers itself are Registry API error bodies when the path starts with
 // "/v2/", plain text otherwise.
 //
@@ -260,6 +266,8 @@ public:
 private:
     friend class detail::Connection;
     static void accept_cb(evconnlistener* listener, int fd, ::sockaddr* addr, int len, void* arg);
+    static void accept_error_cb(evconnlistener* listener, void* arg);
+    void resume_accepting();
     static void deadline_cb(int fd, short what, void* arg);
     static void done_cb(int fd, short what, void* arg);
     void reap(detail::Connection* connection);
@@ -269,5 +277,26 @@ private:
     std::unique_ptr<State> state_;
     std::uint16_t port_ = 0;
 };
+
+// The process's open-files limit (RLIMIT_NOFILE) against what serving needs. Every client
+// connection holds a descriptor, so do origin connections, the listeners, the event loops, the
+// cache's files and the log; when they run out, accept() fails and a Server pauses accepting
+// (see accept_error_cb) until a connection closes.
+struct OpenFilesLimit {
+    static constexpr std::uint64_t kUnlimited = ~std::uint64_t{0};
+    std::uint64_t soft_before = 0;  // the soft limit the process started with
+    std::uint64_t soft = 0;         // after raise_open_files_limit()
+    std::uint64_t hard = 0;
+    // max_connections client connections plus a reserve for the rest of the process (64, and
+    // 4 per event loop). Origin connections of requests in flight come out of the reserve.
+    std::uint64_t needed = 0;
+    bool fits() const { return soft >= needed; }
+};
+// Called once at start-up, before any listener: raises the soft limit to the hard one (what an
+// unprivileged process may do; systemd and container runtimes often start services at 1024 soft
+// with a far higher hard limit) and reports the result. `loops`: the main loop and hit workers.
+// A failing setrlimit leaves the limit as it was (soft == soft_before); a failing getrlimit
+// leaves soft and hard at 0.
+OpenFilesLimit raise_open_files_limit(std::uint64_t max_connections, int loops);
 
 }  // namespace drayage::http

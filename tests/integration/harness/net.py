@@ -26,6 +26,16 @@ def wait_for_port(port: int, timeout: float = 20.0, proc=None, what: str = "serv
     raise TimeoutError(f"{what} did not listen on 127.0.0.1:{port} within {timeout}s")
 
 
+def wait_until(predicate, what: str, timeout: float = 30.0):
+    """Polls `predicate`; the timeout only bounds a hang, it asserts nothing about speed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def rss_kib(pid: int) -> int:
     """Current resident set size of `pid` in KiB (VmRSS)."""
     with open(f"/proc/{pid}/status") as f:
