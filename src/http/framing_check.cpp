@@ -23,6 +23,19 @@ bool is_digit(char c) {
     return c >= '0' && c <= '9';
 }
 
+// The bytes that end or spoil a line: CR, LF, NUL. A table: this runs over every byte of a head.
+constexpr std::array<bool, 256> kLineStop = [] {
+    std::array<bool, 256> t{};
+    t['\r'] = t['\n'] = t['\0'] = true;
+    return t;
+}();
+
+std::size_t skip_line_bytes(std::string_view data, std::size_t i) {
+    while (i < data.size() && !kLineStop[static_cast<unsigned char>(data[i])])
+        ++i;
+    return i;
+}
+
 }  // namespace
 
 bool FramingCheck::in_body() const {
@@ -75,10 +88,11 @@ FramingCheck::Checked FramingCheck::check(std::string_view data) {
             out.message_ended = true;
             break;
         }
-        if (state_ == State::kLine) {
-            // Field lines are most of a head: skip to the next byte that matters.
-            while (i < n && data[i] != '\r' && data[i] != '\n' && data[i] != '\0')
-                ++i;
+        if (state_ == State::kLine || state_ == State::kRequestLine) {
+            // Lines are most of a head: skip to the next byte that matters.
+            const std::size_t from = i;
+            i = skip_line_bytes(data, i);
+            if (state_ == State::kRequestLine) keep_tail(data.substr(from, i - from));
             if (i == n) break;
         }
         const bool ends_message = step(data[i]);
@@ -97,6 +111,15 @@ bool FramingCheck::fail(const char* why) {
     failed_ = true;
     error_ = why;
     return false;
+}
+
+void FramingCheck::keep_tail(std::string_view bytes) {
+    if (bytes.size() >= tail_.size()) {
+        std::copy(bytes.end() - tail_.size(), bytes.end(), tail_.begin());
+        return;
+    }
+    std::copy(tail_.begin() + bytes.size(), tail_.end(), tail_.begin());
+    std::copy(bytes.begin(), bytes.end(), tail_.end() - bytes.size());
 }
 
 bool FramingCheck::version_ok() const {
@@ -127,7 +150,7 @@ bool FramingCheck::step(char c) {
             if (line_end(c, State::kBetweenCR)) return false;
             state_ = State::kRequestLine;
             tail_.fill('\0');
-            tail_.back() = c;
+            keep_tail(std::string_view(&c, 1));
             return false;
         case State::kBetweenCR:
             if (c != '\n') return fail(kLoneCr);
@@ -136,10 +159,7 @@ bool FramingCheck::step(char c) {
         case State::kRequestLine:
             if (c == '\r' && !version_ok())
                 return fail("request line does not end in HTTP/<d>.<d>");
-            if (line_end(c, State::kLineCR)) return false;
-            std::copy(tail_.begin() + 1, tail_.end(), tail_.begin());
-            tail_.back() = c;
-            return false;
+            [[fallthrough]];
         case State::kLine:
             line_end(c, State::kLineCR);  // check() stops only at CR, LF and NUL in a line
             return false;

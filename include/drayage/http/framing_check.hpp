@@ -65,6 +65,7 @@ private:
     bool step(char c);
     bool line_end(char c, State after_cr);
     bool fail(const char* why);
+    void keep_tail(std::string_view bytes);
     bool version_ok() const;
 
     State state_ = State::kBetween;  // where the check is (or stopped, once failed)
