@@ -151,9 +151,28 @@ struct BaseDeleter {
     void operator()(event_base* b) const { event_base_free(b); }
 };
 
+// Raises the open-files soft limit to the hard one and warns when max_connections cannot be
+// reached under it. Before anything opens descriptors of its own.
+void check_open_files(const drayage::config::Config& cfg) {
+    const std::uint64_t max_connections = cfg.http.limits.max_connections;
+    const auto files = drayage::http::raise_open_files_limit(max_connections, 1 + cfg.http.workers);
+    if (files.soft != files.soft_before) {
+        spdlog::info("open-files limit raised from {} to {} (the hard limit)", files.soft_before,
+                     files.soft);
+    }
+    if (files.fits()) return;
+    spdlog::warn(
+        "open-files limit {} is below the {} that http.limits.max_connections {} needs (one per "
+        "connection, {} for the rest of the process): when they run out, accepting pauses until "
+        "a connection closes. Raise the hard limit (systemd LimitNOFILE=, docker run --ulimit "
+        "nofile=N:N) or lower max_connections",
+        files.soft, files.needed, max_connections, files.needed - max_connections);
+}
+
 int serve(const drayage::config::Config& cfg) {
     using namespace drayage;
     std::signal(SIGPIPE, SIG_IGN);
+    check_open_files(cfg);
     // The hit workers wake the main loop (and it them) across threads, and so do the password
     // verifier threads.
     evthread_use_pthreads();

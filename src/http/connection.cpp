@@ -113,6 +113,10 @@ void Exchange::resume_body() {
     if (conn_ != nullptr) conn_->exchange_resume_body(*this);
 }
 
+bool Exchange::delimits_unknown_length() const {
+    return request_.version_minor >= 1 || request_.method == "HEAD";
+}
+
 void Exchange::send_head(int status, HeaderList headers,
                          std::optional<std::uint64_t> content_length) {
     if (conn_ == nullptr || head_sent_ || finished_) return;
@@ -236,6 +240,7 @@ void Connection::on_server_shutdown() {
 void Connection::close_now(const char* why, bool notify) {
     if (phase_ == Phase::kClosed) return;
     spdlog::debug("http connection {} closed: {}", peer_, why);
+    if (current_ && current_->head_sent_ && !current_->finished_) reset_on_close();
     phase_ = Phase::kClosed;
     evtimer_del(timer_);
     event_del(kick_);
@@ -261,6 +266,16 @@ void Connection::close_now(const char* why, bool notify) {
         retire(*ex);
     }
     event_active(reap_, EV_TIMEOUT, 0);
+}
+
+void Connection::reset_on_close() {
+    // A response cut short must not end the way a complete one does. The FIN of an orderly
+    // close would end a close-delimited body (HTTP/1.0, length unknown) as if it were whole;
+    // with SO_LINGER 0 the close sends RST instead, and the client sees an error.
+    evutil_socket_t fd = bufferevent_getfd(bev_);
+    if (fd < 0) return;
+    linger off{1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &off, sizeof off);
 }
 
 void Connection::retire(Exchange& ex) {
@@ -881,6 +896,7 @@ void Connection::complete_hand_off() {
 
 void Connection::exchange_abort(Exchange& ex) {
     if (&ex != current_.get()) return;
+    reset_on_close();
     close_now("aborted by handler", false);
 }
 

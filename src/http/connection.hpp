@@ -36,6 +36,10 @@ struct Server::State {
     std::function<void()> done;
     event* deadline = nullptr;  // shutdown grace
     event* done_event = nullptr;
+    // accept() failed for want of descriptors (or memory): the listener is off until a
+    // connection of this server closes or `accept_resume` fires.
+    bool accept_paused = false;
+    event* accept_resume = nullptr;
     metrics::Counter* bytes_received = nullptr;
     metrics::Counter* bytes_sent = nullptr;
     metrics::Gauge* open_connections = nullptr;
@@ -57,7 +61,8 @@ public:
     void start_with_input(std::string replay);
     // Server shutdown: close now when idle, otherwise close after the current response.
     void on_server_shutdown();
-    // Closes at once. `notify` false: no handler callbacks (server destruction).
+    // Closes at once. `notify` false: no handler callbacks (server destruction). A response
+    // whose head went out and that has not finished is cut with RST (reset_on_close).
     void close_now(const char* why, bool notify = true);
 
     // Called by Exchange.
@@ -114,6 +119,7 @@ private:
     void log_exchange(Exchange& ex, int status);
     static metrics::Counter& requests_counter(const std::string& method, int status);
     void retire(Exchange& ex);
+    void reset_on_close();
 
     Server::State& state_;
     bufferevent* bev_;

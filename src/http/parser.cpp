@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <climits>
 
 namespace drayage::http {
 namespace {
@@ -66,9 +67,21 @@ RequestParser::RequestParser(const config::HttpLimits& limits, Callbacks& callba
 std::size_t RequestParser::feed(std::string_view data) {
     std::size_t total = 0;
     while (total < data.size() && !paused_ && !error_) {
-        std::size_t n =
-            http_parser_execute(&parser_, &settings_, data.data() + total, data.size() - total);
+        std::string_view rest = data.substr(total);
+        // http-parser sees only bytes the framing check has passed. Bytes checked in an earlier
+        // call that http-parser did not take (it paused) come first and are not checked again.
+        const std::size_t ahead = std::min(checked_ahead_, rest.size());
+        const detail::FramingCheck::Checked checked = framing_.check(rest.substr(ahead));
+        const std::size_t limit = ahead + checked.bytes;
+        if (limit == 0) {
+            // The next byte breaks the framing rules (or follows a head http-parser has not
+            // finished, which cannot happen). Zero bytes would tell http-parser "end of input".
+            fail(400, framing_.failed() ? framing_.error() : "request framing unclear");
+            break;
+        }
+        std::size_t n = http_parser_execute(&parser_, &settings_, rest.data(), limit);
         total += n;
+        checked_ahead_ = std::max(checked_ahead_, limit) - n;
         auto err = static_cast<http_errno>(HTTP_PARSER_ERRNO(&parser_));
         if (err == HPE_PAUSED) break;
         if (err != HPE_OK) {
@@ -81,6 +94,11 @@ std::size_t RequestParser::feed(std::string_view data) {
                     error_ = ParseError{400, http_errno_description(err)};
                 }
             }
+            break;
+        }
+        if (n == limit && checked.message_ended && in_request_) {
+            // The check saw a request end where http-parser did not: they disagree on framing.
+            fail(400, "request framing unclear");
             break;
         }
         if (parser_.upgrade) {
@@ -143,6 +161,8 @@ bool RequestParser::count_header_bytes(std::size_t len) {
 
 int RequestParser::on_message_begin_cb(http_parser* p) {
     RequestParser& s = self(p);
+    // The check is ahead of http-parser, but never past the head of the request it starts.
+    if (s.framing_.in_body()) return s.fail(400, "request framing unclear");
     s.in_request_ = true;
     s.in_body_ = false;
     s.in_trailers_ = false;
@@ -202,6 +222,9 @@ int RequestParser::on_headers_complete_cb(http_parser* p) {
 }
 
 int RequestParser::headers_complete() {
+    // The framing check stopped at the end of this head: tell it how http-parser reads the body.
+    framing_.body((parser_.flags & F_CHUNKED) != 0,
+                  parser_.content_length == ULLONG_MAX ? 0 : parser_.content_length);
     Request r;
     r.method = http_method_str(static_cast<http_method>(parser_.method));
     if (parser_.method == HTTP_CONNECT) return fail(501, "CONNECT is not supported");

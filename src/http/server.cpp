@@ -11,9 +11,12 @@
 #include <netinet/tcp.h>
 #include <openssl/ssl.h>
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 
+#include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 
 #include "connection.hpp"
@@ -21,6 +24,28 @@
 
 namespace drayage::http {
 namespace {
+
+// After accept() ran out of descriptors the listener stays off this long, unless a connection
+// of its server closes first. Level-triggered epoll would otherwise report the waiting
+// connection again at once, and the loop would spin on accept() failing.
+constexpr timeval kAcceptRetry{1, 0};
+
+// Out of descriptors is a state of the process (every listener shares its table): one warning
+// per episode, an episode being the failures no more than this far apart.
+constexpr std::chrono::seconds kEpisodeGap{30};
+std::atomic<std::int64_t> last_fd_exhaustion_ms{-kEpisodeGap.count() * 1000 - 1};
+
+// accept() errors that say the process or the system cannot take a connection now; the
+// connection stays queued and the next accept() would fail the same way.
+bool out_of_resources(int err) {
+    return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+}
+
+std::uint64_t open_files_soft_limit() {
+    rlimit rl{};
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return 0;
+    return rl.rlim_cur;
+}
 
 std::string peer_string(const sockaddr* addr) {
     char host[INET6_ADDRSTRLEN] = "?";
@@ -59,6 +84,10 @@ Server::Server(event_base* base, ServerOptions options, Handler handler)
         &m.gauge("drayage_http_open_connections", "Client connections currently open");
     state_->done_event = event_new(base, -1, 0, &Server::done_cb, this);
     state_->deadline = evtimer_new(base, &Server::deadline_cb, this);
+    state_->accept_resume = evtimer_new(
+        base,
+        [](evutil_socket_t, short, void* arg) { static_cast<Server*>(arg)->resume_accepting(); },
+        this);
 }
 
 Server::~Server() {
@@ -70,6 +99,7 @@ Server::~Server() {
     state_->connections.clear();
     event_free(state_->done_event);
     event_free(state_->deadline);
+    event_free(state_->accept_resume);
 }
 
 std::size_t Server::connections() const {
@@ -111,6 +141,7 @@ Status Server::listen() {
                           "cannot listen on " + addr + ": " + std::string(std::strerror(err)));
     }
     state_->listener = listener;
+    evconnlistener_set_error_cb(listener, &Server::accept_error_cb);
     sockaddr_storage ss{};
     socklen_t len = sizeof ss;
     if (getsockname(evconnlistener_get_fd(listener), reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
@@ -182,8 +213,49 @@ void Server::accept_cb(evconnlistener*, evutil_socket_t fd, sockaddr* addr, int,
     raw->start();
 }
 
+void Server::accept_error_cb(evconnlistener*, void* arg) {
+    auto* self = static_cast<Server*>(arg);
+    State& st = *self->state_;
+    const int err = EVUTIL_SOCKET_ERROR();
+    if (!out_of_resources(err)) {
+        // Linux reports some errors of the connection being accepted (EPROTO, ENETDOWN, ...)
+        // from accept(): that connection is gone, the next one may be fine.
+        spdlog::debug("http: accept() failed: {}", std::strerror(err));
+        return;
+    }
+    static metrics::Counter& paused = metrics::global().counter(
+        "drayage_http_accept_paused_total",
+        "Times a listener stopped accepting because accept() ran out of file descriptors or "
+        "memory (it resumes when a connection closes, or after 1 s)");
+    paused.inc();
+    const std::int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                 std::chrono::steady_clock::now().time_since_epoch())
+                                 .count();
+    const std::int64_t before = last_fd_exhaustion_ms.exchange(now);
+    if (now - before > std::chrono::milliseconds(kEpisodeGap).count()) {
+        spdlog::warn(
+            "http: accept() failed: {} ({} connection(s) open, open-files limit {}); accepting "
+            "pauses until a connection closes or 1 s passes. Raise the limit (ulimit -n, "
+            "LimitNOFILE=, docker run --ulimit nofile=) or lower http.limits.max_connections",
+            std::strerror(err), st.options.connection_count->load(), open_files_soft_limit());
+    }
+    st.accept_paused = true;
+    evconnlistener_disable(st.listener);
+    evtimer_add(st.accept_resume, &kAcceptRetry);
+}
+
+void Server::resume_accepting() {
+    State& st = *state_;
+    if (!st.accept_paused) return;
+    st.accept_paused = false;
+    evtimer_del(st.accept_resume);
+    if (st.listener != nullptr) evconnlistener_enable(st.listener);
+}
+
 void Server::reap(detail::Connection* connection) {
     state_->connections.erase(connection);
+    // Its descriptor is free again: a connection waiting in the backlog may have it.
+    resume_accepting();
     maybe_done();
 }
 
@@ -196,6 +268,8 @@ void Server::shutdown(std::chrono::milliseconds grace, std::function<void()> don
         evconnlistener_free(st.listener);
         st.listener = nullptr;
     }
+    st.accept_paused = false;
+    evtimer_del(st.accept_resume);
     spdlog::info("http: shutting down, {} connection(s) open, grace {} ms", st.connections.size(),
                  grace.count());
     for (auto& [ptr, conn] : st.connections)
@@ -228,6 +302,30 @@ void Server::done_cb(evutil_socket_t, short, void* arg) {
     std::function<void()> done = std::move(self->state_->done);
     self->state_->done = nullptr;
     if (done) done();
+}
+
+OpenFilesLimit raise_open_files_limit(std::uint64_t max_connections, int loops) {
+    // stdio, the log, the cache's files and lock, signal and thread wake-ups, curl's resolver
+    // and a few idle origin connections: about 20 in use here, the rest is margin.
+    constexpr std::uint64_t kReserve = 64;
+    // Each loop: epoll, its wake-up descriptor, a listener, the cross-thread notification.
+    constexpr std::uint64_t kPerLoop = 4;
+    auto value = [](rlim_t v) {
+        return v == RLIM_INFINITY ? OpenFilesLimit::kUnlimited : static_cast<std::uint64_t>(v);
+    };
+    OpenFilesLimit out;
+    out.needed = max_connections + kReserve + kPerLoop * static_cast<std::uint64_t>(loops);
+    rlimit rl{};
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return out;
+    out.soft_before = value(rl.rlim_cur);
+    out.hard = value(rl.rlim_max);
+    if (rl.rlim_cur != rl.rlim_max) {
+        rlimit raised = rl;
+        raised.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &raised) == 0) rl = raised;
+    }
+    out.soft = value(rl.rlim_cur);
+    return out;
 }
 
 }  // namespace drayage::http

@@ -270,6 +270,9 @@ void respond_from_cache(const std::shared_ptr<Exchange>& ex, const std::string& 
     if (span) {
         add_content_range(h, *span, *size);
         ex->send_head_lines(206, h, span->last - span->first + 1);
+    } else if (!size && !ex->delimits_unknown_length()) {
+        // HTTP/1.0: only the close would end the body, so a failed digest would look complete.
+        return send_error(*ex, 503, "UNAVAILABLE", "blob still being fetched; retry shortly");
     } else {
         ex->send_head_lines(200, h, size);
     }

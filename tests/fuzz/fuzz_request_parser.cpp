@@ -20,6 +20,14 @@ struct Callbacks : drayage::http::RequestParser::Callbacks {
     void on_request_head(drayage::http::Request&& r) override {
         // Framing is never ambiguous once the head is accepted.
         if (r.chunked && r.content_length) std::abort();
+        // No line structure leaks into a field: no CR, LF or NUL in a name or value.
+        for (const auto& [name, value] : r.headers) {
+            static constexpr std::string_view kLineBytes("\r\n\0", 3);
+            if (name.find_first_of(kLineBytes) != std::string::npos ||
+                value.find_first_of(kLineBytes) != std::string::npos) {
+                std::abort();
+            }
+        }
         if (in_message) std::abort();
         in_message = true;
         ++heads;

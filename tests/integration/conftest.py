@@ -33,8 +33,9 @@ def drayage_factory(drayage_bin, tmp_path):
     """Starts drayage processes with a config dict; stops them all at teardown."""
     started = []
 
-    def start(config: dict, env: dict | None = None, name: str = "drayage") -> Drayage:
-        d = Drayage(drayage_bin, tmp_path / name, config, env=env)
+    def start(config: dict, env: dict | None = None, name: str = "drayage",
+              nofile: tuple[int, int] | None = None) -> Drayage:
+        d = Drayage(drayage_bin, tmp_path / name, config, env=env, nofile=nofile)
         d.start()
         started.append(d)
         return d

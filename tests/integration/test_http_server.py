@@ -14,7 +14,7 @@ import pytest
 
 from harness.http_server import (PATTERN, PATTERN_PERIOD, HttpTestServer, Reader, Response,
                                  binary, metric, request)
-from harness.net import peak_rss_kib
+from harness.net import peak_rss_kib, wait_until
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -37,16 +37,6 @@ def http_server(tmp_path):
     yield start
     for s in started:
         s.stop()
-
-
-def wait_until(predicate, what: str, timeout: float = 30.0):
-    """Polls `predicate`; the timeout only bounds a hang, it asserts nothing about speed."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def pattern_ok(data: bytes, offset: int) -> bool:
@@ -274,6 +264,22 @@ def test_client_disconnects_mid_transfer(http_server):
     assert srv.alive()
 
 
+@pytest.mark.parametrize("version,chunked", [("1.1", False), ("1.1", True), ("1.0", True)])
+def test_aborted_response_ends_with_a_reset(http_server, version, chunked):
+    """A response cut mid-way (its source failed: Exchange::abort) ends with RST, never with the
+    FIN that ends a whole one; for HTTP/1.0 with no length the FIN would pass for the end."""
+    srv = http_server()
+    target = f"/source?bytes={MiB}&abort_at={256 * 1024}" + ("&chunked=1" if chunked else "")
+    with srv.connect() as s:
+        s.sendall(f"GET {target} HTTP/{version}\r\nHost: x\r\n\r\n".encode())
+        received = 0
+        with pytest.raises(ConnectionResetError):
+            while data := s.recv(1 << 16):
+                received += len(data)
+        assert received < MiB
+    assert srv.alive()
+
+
 # --- limits ------------------------------------------------------------------------------
 
 def expect_error_and_close(srv, payload: bytes, status: int) -> Response:
@@ -434,6 +440,16 @@ def test_max_connections_accepts_and_closes_the_excess(http_server):
     b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcd",
     b"POST /sink HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nnothex\r\n",
     b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length : 3\r\n\r\nabc",
+    # What http-parser's lenient build accepts: obs-fold, bare LF, NUL, CR without LF, a bent
+    # version literal, chunk data not followed by CRLF.
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n 5\r\n\r\nhello",
+    b"GET / HTTP/1.1\nHost: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\nX-A: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\n\rX",
+    b"GET / HTTX/1.1\r\nHost: x\r\n\r\n",
+    b"POST /sink HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXY0\r\n\r\n",
 ])
 def test_malformed_requests_get_400(http_server, payload):
     srv = http_server()

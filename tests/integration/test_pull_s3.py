@@ -35,8 +35,10 @@ def fetch(url: str, headers: dict | None = None) -> tuple[int, int, str, bool]:
     """(status, bytes received, sha256, completed): completed is False when the transfer was cut."""
     h = hashlib.sha256()
     n = 0
+    status = 0
     try:
         with requests.get(url, headers=headers, stream=True, timeout=60) as r:
+            status = r.status_code
             for chunk in r.raw.stream(1 << 20, decode_content=False):
                 h.update(chunk)
                 n += len(chunk)
@@ -45,7 +47,7 @@ def fetch(url: str, headers: dict | None = None) -> tuple[int, int, str, bool]:
     except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError,
             Exception) as e:  # noqa: BLE001 - urllib3 raises ProtocolError on a cut body
         if "IncompleteRead" in repr(e) or "Connection" in repr(e) or "ProtocolError" in repr(e):
-            return 200, n, "sha256:" + h.hexdigest(), False
+            return status, n, "sha256:" + h.hexdigest(), False
         raise
 
 

@@ -21,7 +21,10 @@
 //
 //   400  malformed syntax; conflicting framing (Content-Length with Transfer-Encoding, repeated
 //        or invalid Content-Length, "chunked" not the last or repeated coding); missing or
-//        repeated Host on HTTP/1.1; bad chunk syntax
+//        repeated Host on HTTP/1.1; bad chunk syntax; what http-parser's lenient build would
+//        let through and FramingCheck refuses (framing_check.hpp): a bare LF or a CR without
+//        LF as a line end, obs-fold (a field line starting with whitespace), NUL in the head,
+//        a request line not ending in HTTP/<d>.<d>, chunk data not followed by CRLF
 //   408  never produced here (timeouts belong to the connection)
 //   413  body larger than the body limit (known from Content-Length at once, or while chunks
 //        arrive, before the offending bytes are delivered)
@@ -44,6 +47,7 @@
 #include <string_view>
 
 #include "drayage/config/config.hpp"
+#include "drayage/http/framing_check.hpp"
 #include "drayage/http/request.hpp"
 
 namespace drayage::http {
@@ -119,6 +123,9 @@ private:
     Callbacks& callbacks_;
     http_parser parser_{};
     http_parser_settings settings_{};
+    detail::FramingCheck framing_;
+    // Bytes after the parse position that framing_ has already checked (fed, not yet taken).
+    std::size_t checked_ahead_ = 0;
     bool paused_ = false;
     std::optional<ParseError> error_;
 

@@ -44,8 +44,18 @@
 //                                                   treat that as a transport error and fall
 //                                                   over to the next mirror, where a 503 would
 //                                                   not make containerd move on
+//   accept() out of descriptors or memory           the listener stops accepting until one of
+//   (EMFILE, ENFILE, ENOBUFS, ENOMEM)               its connections closes or 1 s passes (the
+//                                                   connection waits in the backlog); one
+//                                                   warning per episode for the process,
+//                                                   drayage_http_accept_paused_total counts
+//                                                   the pauses
 // Errors the server answers itself are Registry API error bodies when the path starts with
 // "/v2/", plain text otherwise.
+//
+// Cut responses: a response that stops after its head went out and before finish() (abort(), a
+// short body at finish(), send_timeout, the shutdown deadline, a handler that threw) ends with a
+// reset (RST), never with the FIN that ends a complete one.
 //
 // Client going away: noticed when the socket reports it (a reset, a failed write, or EOF read
 // while the request is incomplete); then on_closed fires and, while a body is being read,
@@ -110,6 +120,12 @@ public:
     void resume_body();
 
     // --- Response -----------------------------------------------------------------------
+    // True when a body of unknown length (send_head without content_length) reaches this client
+    // framed so that it can tell the body's end from a cut: chunked on HTTP/1.1, or no body at
+    // all (HEAD). False for an HTTP/1.0 GET, whose body only the close would end: a handler
+    // whose source may yet fail (a blob still being verified) should then not start the body
+    // before the length is known, and answer otherwise (drayage's blob path: 503).
+    bool delimits_unknown_length() const;
     // Sends the status line and headers. `content_length` nullopt means chunked (close-delimited
     // for an HTTP/1.0 client). Do not pass Content-Length, Transfer-Encoding or Connection in
     // `headers`; the server owns framing. For HEAD, Content-Length is sent as given and no body.
@@ -134,8 +150,10 @@ public:
     void finish();
     // send_head + write + finish.
     void respond(int status, HeaderList headers, std::string body);
-    // Cuts the connection now, e.g. when the source of the body failed mid-way. on_closed is
-    // not called for an abort() the handler made itself.
+    // Cuts the connection now, e.g. when the source of the body failed mid-way. The socket is
+    // closed with a reset (RST), never with the FIN that ends a complete response, so that no
+    // client takes the cut for the end of a close-delimited body. on_closed is not called for
+    // an abort() the handler made itself.
     void abort();
     // Called once if the connection closes before finish() (client gone, timeout, shutdown).
     void on_closed(std::function<void()> callback);
@@ -248,6 +266,8 @@ public:
 private:
     friend class detail::Connection;
     static void accept_cb(evconnlistener* listener, int fd, ::sockaddr* addr, int len, void* arg);
+    static void accept_error_cb(evconnlistener* listener, void* arg);
+    void resume_accepting();
     static void deadline_cb(int fd, short what, void* arg);
     static void done_cb(int fd, short what, void* arg);
     void reap(detail::Connection* connection);
@@ -257,5 +277,26 @@ private:
     std::unique_ptr<State> state_;
     std::uint16_t port_ = 0;
 };
+
+// The process's open-files limit (RLIMIT_NOFILE) against what serving needs. Every client
+// connection holds a descriptor, so do origin connections, the listeners, the event loops, the
+// cache's files and the log; when they run out, accept() fails and a Server pauses accepting
+// (see accept_error_cb) until a connection closes.
+struct OpenFilesLimit {
+    static constexpr std::uint64_t kUnlimited = ~std::uint64_t{0};
+    std::uint64_t soft_before = 0;  // the soft limit the process started with
+    std::uint64_t soft = 0;         // after raise_open_files_limit()
+    std::uint64_t hard = 0;
+    // max_connections client connections plus a reserve for the rest of the process (64, and
+    // 4 per event loop). Origin connections of requests in flight come out of the reserve.
+    std::uint64_t needed = 0;
+    bool fits() const { return soft >= needed; }
+};
+// Called once at start-up, before any listener: raises the soft limit to the hard one (what an
+// unprivileged process may do; systemd and container runtimes often start services at 1024 soft
+// with a far higher hard limit) and reports the result. `loops`: the main loop and hit workers.
+// A failing setrlimit leaves the limit as it was (soft == soft_before); a failing getrlimit
+// leaves soft and hard at 0.
+OpenFilesLimit raise_open_files_limit(std::uint64_t max_connections, int loops);
 
 }  // namespace drayage::http

@@ -3,6 +3,7 @@ import copy
 import os
 import pathlib
 import re
+import resource
 import subprocess
 import time
 import uuid
@@ -33,7 +34,9 @@ def deep_merge(base: dict, over: dict) -> dict:
 class Drayage:
     """One drayage process. `config` is merged over a minimal local default (no upstream)."""
 
-    def __init__(self, binary: pathlib.Path, workdir: pathlib.Path, config: dict, env=None):
+    def __init__(self, binary: pathlib.Path, workdir: pathlib.Path, config: dict, env=None,
+                 nofile: tuple[int, int] | None = None):
+        """`nofile`: (soft, hard) RLIMIT_NOFILE the process starts with; None: inherited."""
         self.binary = pathlib.Path(binary)
         self.workdir = pathlib.Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -50,6 +53,7 @@ class Drayage:
         self.config_path = self.workdir / "drayage.yml"
         self.log_path = self.workdir / "drayage.log"
         self.env = env
+        self.nofile = nofile
         self.proc = None
 
     @property
@@ -61,9 +65,12 @@ class Drayage:
         env = dict(os.environ)
         env.update(self.env or {})
         self._log = open(self.log_path, "ab")
+        nofile = self.nofile
         self.proc = subprocess.Popen(
             [str(self.binary), "--config", str(self.config_path)],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env)
+            stdout=self._log, stderr=subprocess.STDOUT, env=env,
+            preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, nofile))
+            if nofile else None)
         if wait:
             try:
                 wait_for_port(self.port, proc=self.proc, what="drayage")

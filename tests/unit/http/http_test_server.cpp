@@ -10,7 +10,8 @@
 //   /sink[?rate=B]     reads the body (at most B bytes/s when given), answers
 //                      {"bytes":N,"sha256":"<hex>"}
 //   /source?bytes=N    streams N bytes, byte i = i % 251, respecting the watermarks;
-//                      &chunked=1 sends it chunked
+//                      &chunked=1 sends it chunked (close-delimited to an HTTP/1.0 client);
+//                      &abort_at=K aborts the exchange after K bytes
 //   /limited           like /sink with a route body limit of 1 MiB
 //   /echo              answers with the request target (ordering checks)
 //   /metrics           metrics::global() in Prometheus text format
@@ -115,10 +116,12 @@ struct Sink : std::enable_shared_from_this<Sink> {
     }
 };
 
-// Streams `total` bytes of the i % 251 pattern, only while write() says there is room.
+// Streams `total` bytes of the i % 251 pattern, only while write() says there is room; with
+// `abort_at`, aborts the exchange once that many bytes are queued (a source failing mid-way).
 struct Source {
     std::shared_ptr<http::Exchange> ex;
     std::uint64_t total = 0;
+    std::uint64_t abort_at = 0;
     std::uint64_t sent = 0;
     std::string block;
 
@@ -130,14 +133,19 @@ struct Source {
     }
 
     void pump() {
-        while (sent < total) {
+        const std::uint64_t stop = abort_at > 0 ? std::min(abort_at, total) : total;
+        while (sent < stop) {
             std::size_t off = sent % block.size();
             std::size_t n =
-                static_cast<std::size_t>(std::min<std::uint64_t>(block.size() - off, total - sent));
+                static_cast<std::size_t>(std::min<std::uint64_t>(block.size() - off, stop - sent));
             bool more = ex->write(std::string_view(block).substr(off, n));
             if (ex->closed()) return;
             sent += n;
             if (!more) return;  // on_writable calls pump() again
+        }
+        if (abort_at > 0) {
+            ex->abort();
+            return;
         }
         ex->finish();
     }
@@ -210,6 +218,7 @@ void route(event_base* base, const std::shared_ptr<http::Exchange>& ex) {
         auto src = std::make_shared<Source>();
         src->ex = ex;
         src->total = to_u64(query_param(r.query, "bytes"));
+        src->abort_at = to_u64(query_param(r.query, "abort_at"));
         bool chunked = query_param(r.query, "chunked") == "1";
         ex->send_head(200, {{"Content-Type", "application/octet-stream"}},
                       chunked ? std::nullopt : std::optional<std::uint64_t>(src->total));

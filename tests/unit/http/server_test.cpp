@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <event2/event.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -177,4 +178,25 @@ TEST_CASE("a request the handler drops unanswered gets a 500", "[http][server]")
     ::close(fd);
     CHECK(got.rfind("HTTP/1.1 500 ", 0) == 0);
     CHECK(got.find(R"({"errors":[{"code":"UNKNOWN")") != std::string::npos);
+}
+
+TEST_CASE("the open-files soft limit is raised to the hard one", "[http][server]") {
+    rlimit started{};
+    REQUIRE(getrlimit(RLIMIT_NOFILE, &started) == 0);
+    REQUIRE(started.rlim_max >= 512);
+    rlimit low = started;
+    low.rlim_cur = 256;
+    REQUIRE(setrlimit(RLIMIT_NOFILE, &low) == 0);
+    const OpenFilesLimit files = raise_open_files_limit(1000, 2);
+    rlimit now{};
+    getrlimit(RLIMIT_NOFILE, &now);
+    const bool hard_is_enough = raise_open_files_limit(started.rlim_max, 1).fits();
+    setrlimit(RLIMIT_NOFILE, &started);  // as this process had it
+    CHECK(now.rlim_cur == started.rlim_max);
+    CHECK(files.soft_before == 256);
+    CHECK(files.soft == started.rlim_max);
+    CHECK(files.hard == started.rlim_max);
+    CHECK(files.needed == 1000 + 64 + 2 * 4);  // connections, the process, two loops
+    CHECK(files.fits() == (started.rlim_max >= files.needed));
+    CHECK_FALSE(hard_is_enough);  // the limit itself in connections leaves nothing for the rest
 }
