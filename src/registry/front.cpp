@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "drayage/http/errors.hpp"
+#include "drayage/registry/push.hpp"
 #include "drayage/registry/reference.hpp"
 #include "drayage/registry/routes.hpp"
 #include "drayage/s3/layout.hpp"
@@ -775,36 +776,14 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
     // for a client that may pull `from` and a digest that belongs to `from`, or bytes of a
     // repository it cannot read would become readable under its own.
     void check_mount(const std::shared_ptr<Exchange>& ex, const Route& r, const Identity& who) {
-        // Read exactly as the push path reads it (first occurrence, percent-decoded), so both
-        // see the same digest.
-        auto param = [&](std::string_view key) -> std::optional<std::string> {
-            std::string_view q = ex->request().query;
-            while (!q.empty()) {
-                std::string_view pair = q.substr(0, q.find('&'));
-                q.remove_prefix(std::min(q.size(), pair.size() + 1));
-                auto eq = pair.find('=');
-                if (pair.substr(0, eq) != key) continue;
-                std::string out;
-                std::string_view v = eq == pair.npos ? std::string_view{} : pair.substr(eq + 1);
-                for (std::size_t i = 0; i < v.size(); ++i) {
-                    if (v[i] == '%' && i + 2 < v.size() &&
-                        std::isxdigit(static_cast<unsigned char>(v[i + 1])) &&
-                        std::isxdigit(static_cast<unsigned char>(v[i + 2]))) {
-                        out += static_cast<char>(
-                            std::stoi(std::string(v.substr(i + 1, 2)), nullptr, 16));
-                        i += 2;
-                    } else {
-                        out += v[i] == '+' ? ' ' : v[i];
-                    }
-                }
-                return out;
-            }
-            return std::nullopt;
-        };
+        // Read with the push path's own reader, and mount= before digest= as the push path
+        // acts on them: a usable mount= is what is checked here, and the push code places no
+        // blob from digest= without hashing the body.
+        auto param = [&](std::string_view key) { return query_param(ex->request().query, key); };
         auto mount = param("mount");
         if (!mount) return deps.uploads(ex, r);
         auto digest = BlobDigest::parse(*mount);
-        if (!digest) return deps.uploads(ex, r);  // push code falls back to a new session
+        if (!digest) return deps.uploads(ex, r);  // to the push code, an upload like any other
         auto from =
             normalize_repository(param("from").value_or(""), deps.auth->policy().docker_hub());
         if (!from || !deps.auth->may(who, *from, Action::pull)) {

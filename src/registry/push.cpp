@@ -4,11 +4,9 @@
 #include <event2/event.h>
 #include <fmt/format.h>
 #include <openssl/evp.h>
-#include <openssl/rand.h>
 #include <spdlog/spdlog.h>
 
 #include <array>
-#include <ctime>
 #include <map>
 #include <string>
 #include <utility>
@@ -19,6 +17,8 @@
 #include "drayage/registry/reference.hpp"
 #include "drayage/s3/layout.hpp"
 #include "drayage/s3/multipart.hpp"
+#include "drayage/s3/retry.hpp"
+#include "drayage/s3/sigv4.hpp"
 #include "drayage/util/metrics.hpp"
 #include "drayage/util/text.hpp"
 
@@ -54,54 +54,6 @@ bool is_not_found(const Error& e) {
     return e.status == 404 || e.code == "NoSuchKey" || e.code == "NotFound";
 }
 
-int hex_value(char c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
-std::string percent_decode(std::string_view in) {
-    std::string out;
-    out.reserve(in.size());
-    for (std::size_t i = 0; i < in.size(); ++i) {
-        if (in[i] == '%' && i + 2 < in.size()) {
-            int hi = hex_value(in[i + 1]), lo = hex_value(in[i + 2]);
-            if (hi >= 0 && lo >= 0) {
-                out.push_back(static_cast<char>(hi * 16 + lo));
-                i += 2;
-                continue;
-            }
-        }
-        out.push_back(in[i] == '+' ? ' ' : in[i]);
-    }
-    return out;
-}
-
-// The first value of `name` in a query string, percent-decoded; nullopt when absent.
-std::optional<std::string> query_param(std::string_view query, std::string_view name) {
-    while (!query.empty()) {
-        auto amp = query.find('&');
-        std::string_view pair = query.substr(0, amp);
-        query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
-        auto eq = pair.find('=');
-        std::string_view key = pair.substr(0, eq);
-        if (key != name) continue;
-        return eq == std::string_view::npos ? std::string{} : percent_decode(pair.substr(eq + 1));
-    }
-    return std::nullopt;
-}
-
-std::string to_hex(const unsigned char* p, std::size_t n) {
-    static constexpr char kDigits[] = "0123456789abcdef";
-    std::string out(n * 2, '0');
-    for (std::size_t i = 0; i < n; ++i) {
-        out[2 * i] = kDigits[p[i] >> 4];
-        out[2 * i + 1] = kDigits[p[i] & 0xf];
-    }
-    return out;
-}
-
 std::string sanitize_node(std::string_view node) {
     std::string out;
     for (char c : node) {
@@ -116,6 +68,20 @@ struct MdCtxDeleter {
     void operator()(EVP_MD_CTX* c) const { EVP_MD_CTX_free(c); }
 };
 using MdCtx = std::unique_ptr<EVP_MD_CTX, MdCtxDeleter>;
+
+// A sha256 context ready for updates; null when OpenSSL cannot make one.
+MdCtx new_sha256() {
+    MdCtx ctx(EVP_MD_CTX_new());
+    if (ctx && EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) ctx.reset();
+    return ctx;
+}
+
+std::string final_hex(EVP_MD_CTX* ctx) {
+    std::array<unsigned char, EVP_MAX_MD_SIZE> md{};
+    unsigned int len = 0;
+    EVP_DigestFinal_ex(ctx, md.data(), &len);
+    return s3::hex_encode(std::string_view(reinterpret_cast<const char*>(md.data()), len));
+}
 
 struct EventDeleter {
     void operator()(event* e) const { event_free(e); }
@@ -160,57 +126,6 @@ struct Session {
 };
 
 }  // namespace
-
-// ---------------------------------------------------------------------------------------------
-std::string new_upload_uuid() {
-    std::array<unsigned char, 16> b{};
-    if (RAND_bytes(b.data(), static_cast<int>(b.size())) != 1) return {};
-    b[6] = static_cast<unsigned char>((b[6] & 0x0f) | 0x40);  // version 4
-    b[8] = static_cast<unsigned char>((b[8] & 0x3f) | 0x80);  // RFC 4122 variant
-    std::string h = to_hex(b.data(), b.size());
-    return h.substr(0, 8) + "-" + h.substr(8, 4) + "-" + h.substr(12, 4) + "-" + h.substr(16, 4) +
-           "-" + h.substr(20);
-}
-
-Result<UploadRange> parse_upload_range(std::string_view header) {
-    Error bad = make_error("RANGE_INVALID", "malformed Content-Range", 416);
-    if (header.substr(0, 6) == "bytes ") header.remove_prefix(6);
-    if (auto slash = header.find('/'); slash != std::string_view::npos)
-        header = header.substr(0, slash);
-    auto dash = header.find('-');
-    if (dash == std::string_view::npos) return bad;
-    const auto& num = text::parse_u64;
-    UploadRange r;
-    if (!num(header.substr(0, dash), r.first) || !num(header.substr(dash + 1), r.last) ||
-        r.last < r.first)
-        return bad;
-    return r;
-}
-
-std::string upload_range_header(std::uint64_t offset) {
-    return "0-" + std::to_string(offset == 0 ? 0 : offset - 1);
-}
-
-std::optional<std::int64_t> parse_s3_time(std::string_view text) {
-    std::string s(text);
-    std::tm tm{};
-    int year = 0, mon = 0, day = 0, hour = 0, min = 0, sec = 0;
-    char tail = 0;
-    // NOLINTNEXTLINE(cert-err34-c): the count check rejects malformed input
-    if (std::sscanf(s.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d%c", &year, &mon, &day, &hour, &min, &sec,
-                    &tail) != 7)
-        return std::nullopt;
-    if (tail != '.' && tail != 'Z') return std::nullopt;
-    if (mon < 1 || mon > 12 || day < 1 || day > 31 || hour > 23 || min > 59 || sec > 60)
-        return std::nullopt;
-    tm.tm_year = year - 1900;
-    tm.tm_mon = mon - 1;
-    tm.tm_mday = day;
-    tm.tm_hour = hour;
-    tm.tm_min = min;
-    tm.tm_sec = sec;
-    return static_cast<std::int64_t>(timegm(&tm));
-}
 
 // ---------------------------------------------------------------------------------------------
 struct BlobUploads::Impl : std::enable_shared_from_this<BlobUploads::Impl> {
@@ -314,8 +229,8 @@ struct BlobUploads::Impl : std::enable_shared_from_this<BlobUploads::Impl> {
         s->repo = repo;
         s->direct = direct;
         s->key = key.empty() ? node_prefix + s->uuid + "/data" : std::move(key);
-        s->sha.reset(EVP_MD_CTX_new());
-        if (!s->sha || EVP_DigestInit_ex(s->sha.get(), EVP_sha256(), nullptr) != 1) return nullptr;
+        s->sha = new_sha256();
+        if (!s->sha) return nullptr;
         s3::MultipartUpload::Options mo;
         mo.key = s->key;
         mo.expected_size = expected_size;
@@ -430,14 +345,22 @@ struct BlobUploads::Impl : std::enable_shared_from_this<BlobUploads::Impl> {
     }
 
     // ----- POST ------------------------------------------------------------------------------
+    // mount= is acted on first, as the front's access check (check_mount) reads the request: a
+    // usable mount= is what that check vetted. digest= is vetted by the body itself.
     void post(const std::shared_ptr<Exchange>& ex, const Route& r) {
         const std::string& q = ex->request().query;
-        if (auto digest = query_param(q, "digest")) return post_monolithic(ex, r, *digest);
         if (auto mount = query_param(q, "mount")) {
             auto d = BlobDigest::parse(*mount);
-            // An unusable mount request falls back to a new session, as Distribution does.
-            if (d) return mount_blob(ex, r, *d);
+            // An unusable mount request falls back to an upload, as Distribution does.
+            if (d) return mount_blob(ex, r, *d, query_param(q, "from").value_or(""));
         }
+        post_upload(ex, r);
+    }
+
+    // POST without a mount: a monolithic upload with ?digest=, else a new session.
+    void post_upload(const std::shared_ptr<Exchange>& ex, const Route& r) {
+        if (auto digest = query_param(ex->request().query, "digest"))
+            return post_monolithic(ex, r, *digest);
         start_session(ex, r);
     }
 
@@ -452,19 +375,28 @@ struct BlobUploads::Impl : std::enable_shared_from_this<BlobUploads::Impl> {
         ex->finish();
     }
 
-    void mount_blob(const std::shared_ptr<Exchange>& ex, const Route& r, const BlobDigest& d) {
+    // Links the blob into r.name when `from` links it in the bucket and its data is there, as
+    // Distribution's mount does; otherwise the request is an upload (post_upload).
+    void mount_blob(const std::shared_ptr<Exchange>& ex, const Route& r, const BlobDigest& d,
+                    const std::string& from) {
+        if (!is_valid_repository_name(from)) return post_upload(ex, r);
         auto self = shared_from_this();
-        client.head(layout.blob_data_key(d), [self, ex, r, d](Result<s3::ObjectInfo> info) {
-            if (ex->closed()) return;
-            if (!info) {
-                if (is_not_found(info.error())) return self->start_session(ex, r);
-                return send_storage_error(*ex, info.error());
-            }
-            self->write_link(r.name, d, [self, ex, r, d](Status st) {
-                if (!st) return send_storage_error(*ex, st.error());
-                blobs_counter("mounted").inc();
-                ex->set_outcome("mounted");
-                respond_created(*ex, r.name, d);
+        auto exists = [self, ex, r](const std::string& key, std::function<void()> then) {
+            self->client.head(key, [self, ex, r, then](Result<s3::ObjectInfo> info) {
+                if (ex->closed()) return;
+                if (info) return then();
+                if (is_not_found(info.error())) return self->post_upload(ex, r);
+                send_storage_error(*ex, info.error());
+            });
+        };
+        exists(layout.layer_link_key(from, d), [self, ex, r, d, exists] {
+            exists(self->layout.blob_data_key(d), [self, ex, r, d] {
+                self->write_link(r.name, d, [self, ex, r, d](Status st) {
+                    if (!st) return send_storage_error(*ex, st.error());
+                    blobs_counter("mounted").inc();
+                    ex->set_outcome("mounted");
+                    respond_created(*ex, r.name, d);
+                });
             });
         });
     }
@@ -476,29 +408,56 @@ struct BlobUploads::Impl : std::enable_shared_from_this<BlobUploads::Impl> {
         if (!d) return send_error(*ex, 400, "DIGEST_INVALID", d.error().message);
         if (d->algorithm() != DigestAlgorithm::sha256)
             return send_error(*ex, 400, "DIGEST_INVALID", "only sha256 digests can be pushed");
+        // The declared length may let the parts grow (never faster than the bytes arrive), but
+        // one that no S3 upload holds is refused before a byte is read.
+        std::uint64_t size = ex->request().content_length.value_or(0);
+        std::uint64_t chunksize = client.config().chunksize;
+        if (!s3::UploadPartSizes::plan(chunksize, size)) {
+            ex->set_outcome("size_invalid");
+            return send_error(
+                *ex, 413, "SIZE_INVALID",
+                fmt::format("a blob of {} bytes cannot be stored in the bucket: one S3 upload "
+                            "holds at most {} bytes with storage.s3.chunksize {}",
+                            size, s3::UploadPartSizes::max_object_size(chunksize), chunksize));
+        }
         auto self = shared_from_this();
         BlobDigest digest = *d;
         client.head(
-            layout.blob_data_key(digest), [self, ex, r, digest](Result<s3::ObjectInfo> info) {
+            layout.blob_data_key(digest), [self, ex, r, digest, size](Result<s3::ObjectInfo> info) {
                 if (ex->closed()) return;
-                if (info) return self->drain_then_link(ex, r.name, digest);
+                if (info) return self->verify_then_link(ex, r.name, digest);
                 if (!is_not_found(info.error())) return send_storage_error(*ex, info.error());
-                auto s = self->open_session(r.name, self->layout.blob_data_key(digest), true,
-                                            ex->request().content_length.value_or(0));
+                auto s = self->open_session(r.name, self->layout.blob_data_key(digest), true, size);
                 if (!s) return send_error(*ex, 500, "UNKNOWN", "cannot start the upload");
                 // Not in the session table: nobody can address it by id.
                 self->stream_body(s, ex, [self, s, ex, digest] { self->finalize(s, ex, digest); });
             });
     }
 
-    // The blob is in the bucket already: the body is read (so the connection stays usable) but
-    // not stored again.
-    void drain_then_link(const std::shared_ptr<Exchange>& ex, const std::string& repo,
-                         const BlobDigest& d) {
+    // The blob is in the bucket already: the body is hashed but not stored again, and the blob is
+    // linked only when the body is the blob. A digest is not a credential: knowing the digest of
+    // a blob in a repository one cannot read must not make it readable under one's own.
+    void verify_then_link(const std::shared_ptr<Exchange>& ex, const std::string& repo,
+                          const BlobDigest& d) {
+        std::shared_ptr<EVP_MD_CTX> sha = new_sha256();
+        if (!sha) return send_error(*ex, 500, "UNKNOWN", "cannot hash the upload");
+        auto received = std::make_shared<std::uint64_t>(0);
         auto self = shared_from_this();
         http::BodyHandlers h;
-        h.on_data = [](std::string_view) {};
-        h.on_end = [self, ex, repo, d] {
+        h.on_data = [sha, received](std::string_view data) {
+            EVP_DigestUpdate(sha.get(), data.data(), data.size());
+            *received += data.size();
+            bytes_counter().inc(data.size());
+        };
+        h.on_end = [self, ex, repo, d, sha, received] {
+            std::string hex = final_hex(sha.get());
+            if (hex != d.hex()) {
+                spdlog::info(
+                    "monolithic upload to {}: digest {} (in the bucket) given, sha256:{} "
+                    "received ({} bytes): not linked",
+                    repo, d.str(), hex, *received);
+                return refuse_digest(*ex);
+            }
             self->write_link(repo, d, [self, ex, repo, d](Status st) {
                 if (!st) return send_storage_error(*ex, st.error());
                 blobs_counter("exists").inc();
@@ -507,8 +466,14 @@ struct BlobUploads::Impl : std::enable_shared_from_this<BlobUploads::Impl> {
                 self->fill_cache(repo, d);
             });
         };
-        h.on_error = [](const Error&) {};
+        h.on_error = [](const Error&) {};  // the client is gone or answered: nothing was linked
         ex->read_body(std::move(h));
+    }
+
+    static void refuse_digest(Exchange& ex) {
+        blobs_counter("digest_invalid").inc();
+        ex.set_outcome("digest_invalid");
+        send_error(ex, 400, "DIGEST_INVALID", "the uploaded content does not match the digest");
     }
 
     // ----- PATCH / PUT -----------------------------------------------------------------------
@@ -549,18 +514,12 @@ struct BlobUploads::Impl : std::enable_shared_from_this<BlobUploads::Impl> {
         s->busy = true;
         s->ended = true;  // from here on the session cannot be written, expired or cancelled
         drop_session(s);
-        std::array<unsigned char, EVP_MAX_MD_SIZE> md{};
-        unsigned int len = 0;
-        EVP_DigestFinal_ex(s->sha.get(), md.data(), &len);
-        std::string hex = to_hex(md.data(), len);
+        std::string hex = final_hex(s->sha.get());
         if (digest.algorithm() != DigestAlgorithm::sha256 || hex != digest.hex()) {
             spdlog::info("upload {} of {}: digest {} given, sha256:{} received ({} bytes)", s->uuid,
                          s->repo, digest.str(), hex, s->offset);
-            blobs_counter("digest_invalid").inc();
-            ex->set_outcome("digest_invalid");
             s->upload->abort([](Status) {});
-            return send_error(*ex, 400, "DIGEST_INVALID",
-                              "the uploaded content does not match the digest");
+            return refuse_digest(*ex);
         }
         auto self = shared_from_this();
         if (s->direct) {

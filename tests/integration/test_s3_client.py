@@ -261,6 +261,42 @@ def test_multipart_copy(big_object, swift):
     assert no_uploads(tool, dst)
 
 
+def test_parts_grow_with_the_bytes_sent_not_the_size_declared(tool, swift):
+    """50 TB expected, 360 MiB sent: the parts are chunksize for the first 64 x chunksize bytes,
+    then each is 1/64 of the bytes before it (rounded up to a MiB; UploadPartSizes), so what the
+    uploader holds follows what it was given. S3 takes the parts of different sizes."""
+    k = key("growing")
+    h = hashlib.sha256()
+    total = 360 * MiB
+
+    def body():
+        for i in range(total // MiB):
+            chunk = data(MiB, seed=2000 + i % 5)
+            h.update(chunk)
+            yield chunk
+    mark = swift.log_mark()
+    up = tool.ok("mpu-put", k, "-", "--expected-size", 50 * 10**12, stdin_gen=body())
+    parts = [r for r in swift.s3_requests(mark) if r.method == "PUT" and "partNumber=" in r.query
+             and r.status == 200]
+    def number(r):
+        return int(r.query.split("partNumber=")[1].split("&")[0])
+    sizes = [r.bytes_in for r in sorted(parts, key=number)]
+    assert sum(sizes) == total
+    def ceil_div(a, b):
+        return -(-a // b)
+    offset, expected = 0, []
+    while offset < total:
+        part = min(max(5 * MiB, ceil_div(ceil_div(offset, 64), MiB) * MiB), total - offset)
+        expected.append(part)
+        offset += part
+    assert sizes == expected
+    assert sizes[:64] == [5 * MiB] * 64 and max(sizes) == 6 * MiB
+    assert up["part_size"] == 6 * MiB
+    assert tool.ok("get", k, "-")["sha256"] == h.hexdigest()
+    assert up["peak_rss_kib"] * 1024 < (4 + 2) * 6 * MiB + 64 * MiB, up["peak_rss_kib"]
+    assert no_uploads(tool, k)
+
+
 def test_abort_leaves_no_upload(tool, swift):
     k = key("aborted")
     res = tool.ok("mpu-put", k, "-", "--abort-after", 12 * MiB, stdin_bytes=data(20 * MiB))

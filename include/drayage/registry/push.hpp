@@ -4,9 +4,13 @@
 //
 //   POST   /v2/<name>/blobs/uploads/                      202, a new session (Location, Range 0-0)
 //   POST   /v2/<name>/blobs/uploads/?digest=<d>           201, monolithic: the body is the blob
-//   POST   /v2/<name>/blobs/uploads/?mount=<d>&from=<r>   201 when the blob's data object is in
-//                                                         the bucket (only the link is written),
-//                                                         else 202 and a new session
+//                                                         (400 DIGEST_INVALID when it is not;
+//                                                         413 SIZE_INVALID when its declared
+//                                                         length fits no S3 upload)
+//   POST   /v2/<name>/blobs/uploads/?mount=<d>&from=<r>   201 when the bucket links <d> in <r>
+//                                                         and holds its data (only the link is
+//                                                         written), else handled as if without
+//                                                         mount= (digest= or a new session)
 //   PATCH  /v2/<name>/blobs/uploads/<uuid>                202, bytes appended (Content-Range
 //                                                         optional; 416 when it does not start
 //                                                         at the session's offset)
@@ -22,17 +26,27 @@
 // `docker/registry/v2/`, which is all the registry ever walks, so it never sees half-written
 // uploads). Every `chunksize` bytes become one UploadPart, `storage.s3.multipart.concurrency` in
 // flight; while the uploader is full the client's body is paused (TCP backpressure), so memory
-// per session is bounded by (concurrency + 1) x chunksize. The sha256 is computed as bytes
-// arrive and kept in the session across PATCHes.
+// per session is bounded by (concurrency + 1) x chunksize. A monolithic POST's Content-Length
+// only lets parts grow past chunksize when 10,000 of them would not hold it, and then no part is
+// larger than 1/64 of the bytes already received (s3::UploadPartSizes): what a client declares
+// does not size drayage's memory, what it sends does. The sha256 is computed as bytes arrive and
+// kept in the session across PATCHes.
 //
 // At PUT the computed digest must equal `?digest=` (else 400 DIGEST_INVALID and the temporary
-// upload is aborted or deleted). A blob whose data object already exists is not stored again;
-// otherwise the temporary object is completed, copied server-side (s3::MultipartCopy, parallel
-// UploadPartCopy for large blobs) to `blobs/sha256/<hex[:2]>/<hex>/data`, and deleted. Then the
-// repository link `repositories/<name>/_layers/sha256/<hex>/link` is written. With the digest
-// known from the start (POST ?digest=) the bytes go straight to the blob's data key (the
-// multipart upload is only completed after the digest checked out, so wrong bytes never become
-// visible there).
+// upload is aborted or deleted); nothing is looked up or linked before that. A blob whose data
+// object already exists is not stored again; otherwise the temporary object is completed, copied
+// server-side (s3::MultipartCopy, parallel UploadPartCopy for large blobs) to
+// `blobs/sha256/<hex[:2]>/<hex>/data`, and deleted. Then the repository link
+// `repositories/<name>/_layers/sha256/<hex>/link` is written. With the digest known from the
+// start (POST ?digest=) the bytes go straight to the blob's data key (the multipart upload is
+// only completed after the digest checked out, so wrong bytes never become visible there); when
+// the data object exists already the body is hashed, not stored, and linked only if it matches.
+//
+// The rule: a link is written only for bytes the client sent that hash to the digest, or for a
+// mount of a blob the bucket links in `from` (with `auth`, the front has checked that the client
+// may pull `from` and that the digest belongs to it, check_mount). A digest alone is no proof of
+// access: a missing or empty body is a DIGEST_INVALID like any other wrong body. mount= is acted
+// on before digest=, in the order the front's check reads them (query_param() is the one reader).
 //
 // The cache. After a blob is in place (and the 201 sent), it is read back from the bucket into
 // the local cache (Cache::start_or_join_fill, driven from the bucket origin), so the first pull
@@ -82,6 +96,12 @@ struct UploadOptions {
     // everything under it at start-up. Characters outside [A-Za-z0-9._-] are replaced by '_'.
     std::string node = "node";
 };
+
+// The first value of `name` in a query string, percent-decoded ('+' as a space); nullopt when
+// absent, "" when present without a value. The one reading of an upload's parameters (mount,
+// from, digest): the front's access check for mounts and the push code use it both, so they act
+// on the same values.
+std::optional<std::string> query_param(std::string_view query, std::string_view name);
 
 // A fresh upload id: 128 bits from OpenSSL's CSPRNG (RAND_bytes) as a version-4 style UUID,
 // "xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx" (122 random bits). Empty only when the CSPRNG fails.

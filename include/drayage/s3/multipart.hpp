@@ -10,25 +10,31 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "drayage/s3/client.hpp"
+#include "drayage/s3/retry.hpp"
 #include "drayage/util/result.hpp"
 
 namespace drayage::s3 {
 
-// Uploads a stream as one object. The producer calls write() with bytes in any sizes; every
-// `part_size()` bytes become one UploadPart (signed sha256, retried on its own with backoff; the
-// part's bytes stay in memory until it succeeded). Up to `storage.s3.multipart.concurrency` parts
-// are in flight.
+// Uploads a stream as one object. The producer calls write() with bytes in any sizes; they are
+// cut into UploadParts (signed sha256, retried on its own with backoff; the part's bytes stay in
+// memory until it succeeded) whose sizes follow UploadPartSizes (retry.hpp): `chunksize`, grown
+// only as far as `expected_size` needs and never past 1/64 of the bytes written before the part.
+// Up to `storage.s3.multipart.concurrency` parts are in flight.
 //
-// Flow control: memory is bounded by (concurrency + 1) x part_size, plus at most one write()'s
-// worth of overshoot. write() returns false when that budget is reached: the producer stops and
-// waits for `on_writable`, which runs (on a later loop turn) once a part finished and there is
-// room again. After a failure, on_writable runs once more (if the producer was waiting) so the
-// producer finds write() returning false with failed() true, and calls finish() for the error.
+// Flow control: memory is bounded by (concurrency + 1) x the size of the part being filled (so
+// by (concurrency + 1) x chunksize for every object up to 10,000 x chunksize, whatever
+// `expected_size` says), plus at most one write()'s worth of overshoot. A part's buffer is
+// allocated when its first byte arrives. write() returns false when that budget is reached: the
+// producer stops and waits for `on_writable`, which runs (on a later loop turn) once a part
+// finished and there is room again. After a failure, on_writable runs once more (if the producer
+// was waiting) so the producer finds write() returning false with failed() true, and calls finish()
+// for the error.
 //
 // An object smaller than one part is stored with a single PUT (no multipart upload is created
 // until the first part is full). The multipart upload itself is created lazily, when the first
@@ -37,8 +43,10 @@ class MultipartUpload : public std::enable_shared_from_this<MultipartUpload> {
 public:
     struct Options {
         std::string key;
-        // Expected object size, when known (0: unknown): grows the part size so the object fits
-        // in 10,000 parts. With an unknown size, more than 10,000 x chunksize bytes fail with
+        // Expected object size, when known (0: unknown): lets the parts grow so the object fits
+        // in 10,000 parts. A size no plan fits (UploadPartSizes::plan() is nullopt; check it
+        // first to refuse such a request) fails the upload at once with EntityTooLarge, before
+        // any request to S3. With an unknown size, more than 10,000 x chunksize bytes fail with
         // EntityTooLarge.
         std::uint64_t expected_size = 0;
         PutOptions put;
@@ -57,9 +65,11 @@ public:
     // error (after the upload was aborted). Call once.
     void finish(std::function<void(Result<std::string>)> done);
 
-    // Stops, aborts the multipart upload, and calls `done` when S3 has dropped it.
+    // Stops, aborts the multipart upload, and calls `done` when S3 has dropped it (at once when
+    // the upload had failed and been aborted already).
     void abort(std::function<void(Status)> done);
 
+    // The size of the part being filled (or, between parts, of the last one).
     std::uint64_t part_size() const { return part_size_; }
     std::uint64_t bytes_written() const { return bytes_written_; }
     bool failed() const { return failed_; }
@@ -82,6 +92,7 @@ private:
 
     Client& client_;
     Options options_;
+    std::optional<UploadPartSizes> sizes_;  // nullopt: expected_size fits no plan (failed)
     std::uint64_t part_size_ = 0;
     std::uint64_t bytes_written_ = 0;
     std::string current_;

@@ -13,21 +13,31 @@ namespace drayage::s3 {
 // MultipartUpload
 
 std::shared_ptr<MultipartUpload> MultipartUpload::start(Client& client, Options options) {
-    return std::make_shared<MultipartUpload>(client, std::move(options));
+    auto up = std::make_shared<MultipartUpload>(client, std::move(options));
+    if (!up->sizes_) {
+        // Fails before any request: there is nothing to abort, and finish() reports it.
+        std::uint64_t chunksize = client.config().chunksize;
+        up->fail(make_error("EntityTooLarge",
+                            fmt::format("{}: {} bytes cannot be uploaded in {} parts; at most {} "
+                                        "with chunksize {}",
+                                        up->options_.key, up->options_.expected_size, kMaxParts,
+                                        UploadPartSizes::max_object_size(chunksize), chunksize)));
+    }
+    return up;
 }
 
 MultipartUpload::MultipartUpload(Client& client, Options options)
-    : client_(client), options_(std::move(options)) {
-    part_size_ = part_size_for(client_.config().chunksize, options_.expected_size);
-}
+    : client_(client),
+      options_(std::move(options)),
+      sizes_(UploadPartSizes::plan(client_.config().chunksize, options_.expected_size)),
+      part_size_(sizes_ ? sizes_->at(0) : 0) {}
 
 std::string MultipartUpload::take_buffer() {
-    if (!spare_->empty()) {
-        std::string b = std::move(spare_->back());
-        spare_->pop_back();
-        return b;
-    }
     std::string b;
+    if (!spare_->empty()) {
+        b = std::move(spare_->back());
+        spare_->pop_back();
+    }
     b.reserve(part_size_);  // one allocation: growth by doubling would copy whole parts
     return b;
 }
@@ -37,8 +47,13 @@ bool MultipartUpload::write(std::string_view data) {
         return false;
     }
     while (!data.empty() && !failed_) {
-        if (current_.capacity() < part_size_) {
-            current_ = take_buffer();
+        if (current_.empty()) {
+            // A new part: its size follows the plan, and its buffer is taken only now that it
+            // has bytes to hold.
+            part_size_ = sizes_->at(bytes_written_);
+            if (current_.capacity() < part_size_) {
+                current_ = take_buffer();
+            }
         }
         std::size_t take = std::min<std::size_t>(data.size(), part_size_ - current_.size());
         current_.append(data.substr(0, take));
@@ -202,7 +217,11 @@ void MultipartUpload::maybe_complete() {
 }
 
 void MultipartUpload::abort(std::function<void(Status)> done) {
-    auto self = shared_from_this();
+    if (failure_reported_) {
+        done(Status{});  // failed and aborted already: fail() would not report again
+        return;
+    }
+    auto self = shared_from_this();  // replacing done_ may drop the last other owner
     auto user_done = std::move(done);
     done_ = [user_done](Result<std::string> r) {
         // The upload is gone either way; report only a failed Abort itself.

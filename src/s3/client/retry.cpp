@@ -55,15 +55,64 @@ std::chrono::milliseconds backoff_delay(int attempt, std::chrono::milliseconds b
     return std::chrono::milliseconds(static_cast<std::int64_t>(random % (ceiling + 1)));
 }
 
+namespace {
+
+constexpr std::uint64_t kMiB = 1024 * 1024;
+
+std::uint64_t round_up_mib(std::uint64_t n) {
+    return (n + kMiB - 1) / kMiB * kMiB;
+}
+
+// chunksize as a part size: at least 5 MiB, whole MiB, at most 5 GiB.
+std::uint64_t floor_part_size(std::uint64_t chunksize) {
+    return std::min(round_up_mib(std::max(chunksize, kMinPartSize)), kMaxPartSize);
+}
+
+}  // namespace
+
 std::uint64_t part_size_for(std::uint64_t chunksize, std::uint64_t expected_size) {
-    constexpr std::uint64_t mib = 1024 * 1024;
     std::uint64_t size = std::max(chunksize, kMinPartSize);
     if (expected_size > 0) {
         std::uint64_t needed = (expected_size + kMaxParts - 1) / kMaxParts;
         size = std::max(size, needed);
     }
-    size = (size + mib - 1) / mib * mib;
-    return std::min(size, kMaxPartSize);
+    return std::min(round_up_mib(size), kMaxPartSize);
+}
+
+std::uint64_t UploadPartSizes::at(std::uint64_t offset) const {
+    std::uint64_t grown = round_up_mib((offset + kPartGrowthDivisor - 1) / kPartGrowthDivisor);
+    return std::min(ceiling_, std::max(floor_, grown));
+}
+
+std::uint64_t UploadPartSizes::capacity() const {
+    std::uint64_t total = 0;
+    for (int part = 0; part < kMaxParts; ++part) {
+        total += at(total);
+    }
+    return total;
+}
+
+std::optional<UploadPartSizes> UploadPartSizes::plan(std::uint64_t chunksize,
+                                                     std::uint64_t expected_size) {
+    std::uint64_t floor = floor_part_size(chunksize);
+    if (expected_size <= kMaxParts * floor) return UploadPartSizes(floor, floor);
+    if (UploadPartSizes(floor, kMaxPartSize).capacity() < expected_size) return std::nullopt;
+    // The smallest ceiling (in whole MiB) whose 10,000 parts hold the object: capacity grows
+    // with the ceiling, so a binary search over [floor, 5 GiB] finds it.
+    std::uint64_t low = floor / kMiB, high = kMaxPartSize / kMiB;
+    while (low < high) {
+        std::uint64_t mid = low + (high - low) / 2;
+        if (UploadPartSizes(floor, mid * kMiB).capacity() >= expected_size) {
+            high = mid;
+        } else {
+            low = mid + 1;
+        }
+    }
+    return UploadPartSizes(floor, low * kMiB);
+}
+
+std::uint64_t UploadPartSizes::max_object_size(std::uint64_t chunksize) {
+    return UploadPartSizes(floor_part_size(chunksize), kMaxPartSize).capacity();
 }
 
 }  // namespace drayage::s3

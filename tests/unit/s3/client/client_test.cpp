@@ -146,3 +146,69 @@ TEST_CASE("part size grows so that objects fit in 10,000 parts", "[s3][multipart
     CHECK((tb + p - 1) / p <= 10'000);
     CHECK(part_size_for(10 * MiB, 100'000ull * 1024 * 1024 * MiB) == kMaxPartSize);
 }
+
+TEST_CASE("upload parts are chunksize until the declared size needs more", "[s3][multipart]") {
+    constexpr std::uint64_t MiB = 1024 * 1024;
+    for (std::uint64_t declared :
+         {std::uint64_t{0}, std::uint64_t{1}, 300 * MiB, 10'000 * 5 * MiB}) {
+        INFO(declared);
+        auto p = UploadPartSizes::plan(5 * MiB, declared);
+        REQUIRE(p);
+        CHECK(p->ceiling() == 5 * MiB);
+        CHECK(p->at(0) == 5 * MiB);
+        CHECK(p->at(40'000 * MiB) == 5 * MiB);
+    }
+    CHECK(UploadPartSizes::plan(1 * MiB, 0)->at(0) == 5 * MiB);          // the S3 minimum
+    CHECK(UploadPartSizes::plan(5 * MiB + 1, 0)->at(0) == 6 * MiB);      // whole MiB
+    CHECK(UploadPartSizes::plan(8ull << 30, 0)->at(0) == kMaxPartSize);  // the S3 maximum
+}
+
+TEST_CASE("upload parts grow with the bytes sent, not with the size declared", "[s3][multipart]") {
+    constexpr std::uint64_t MiB = 1024 * 1024;
+    constexpr std::uint64_t TB = 1000ull * 1000 * 1000 * 1000;
+    auto p = UploadPartSizes::plan(5 * MiB, 50 * TB);
+    REQUIRE(p);
+    CHECK(p->ceiling() > 4096 * MiB);
+    CHECK(p->ceiling() <= kMaxPartSize);
+    // The first 320 MiB go in chunksize parts, then a part is at most 1/64 of what came before.
+    CHECK(p->at(0) == 5 * MiB);
+    CHECK(p->at(300 * MiB) == 5 * MiB);
+    CHECK(p->at(320 * MiB) == 5 * MiB);
+    CHECK(p->at(640 * MiB) == 10 * MiB);
+    CHECK(p->at(64 * 1024 * MiB) == 1024 * MiB);
+    CHECK(p->at(10 * TB) == p->ceiling());
+    for (std::uint64_t offset = 0; offset < 50 * TB; offset += p->at(offset)) {
+        REQUIRE(p->at(offset) % MiB == 0);
+        REQUIRE(p->at(offset) <= std::max(5 * MiB, offset / kPartGrowthDivisor + MiB));
+    }
+    CHECK(p->capacity() >= 50 * TB);
+    // Just past 10,000 x chunksize: the parts grow only a little.
+    std::uint64_t just_past = 10'000 * 5 * MiB + 1;
+    auto q = UploadPartSizes::plan(5 * MiB, just_past);
+    REQUIRE(q);
+    CHECK(q->ceiling() == 6 * MiB);
+    CHECK(q->capacity() >= just_past);
+    CHECK(UploadPartSizes::plan(5 * MiB, q->capacity())->ceiling() == 6 * MiB);
+    CHECK(UploadPartSizes::plan(5 * MiB, q->capacity() + 1)->ceiling() == 7 * MiB);
+    // The smallest ceiling: one MiB less would not hold a TiB.
+    std::uint64_t tib = 1024ull * 1024 * MiB;
+    auto r = UploadPartSizes::plan(5 * MiB, tib);
+    REQUIRE(r);
+    CHECK(r->capacity() >= tib);
+    CHECK(r->ceiling() > 5 * MiB);
+    CHECK(UploadPartSizes::plan(r->ceiling() - MiB, 0)->at(0) == r->ceiling() - MiB);
+}
+
+TEST_CASE("a declared size no plan holds is refused", "[s3][multipart]") {
+    constexpr std::uint64_t MiB = 1024 * 1024;
+    constexpr std::uint64_t TB = 1000ull * 1000 * 1000 * 1000;
+    std::uint64_t most = UploadPartSizes::max_object_size(5 * MiB);
+    CHECK(most > 51 * TB);                   // about 46.7 TiB
+    CHECK(most < kMaxParts * kMaxPartSize);  // 10,000 x 5 GiB, about 53.7 TB
+    REQUIRE(UploadPartSizes::plan(5 * MiB, most));
+    CHECK_FALSE(UploadPartSizes::plan(5 * MiB, most + 1));
+    CHECK_FALSE(UploadPartSizes::plan(5 * MiB, 60 * TB));
+    CHECK_FALSE(UploadPartSizes::plan(5 * MiB, ~0ull));
+    CHECK(UploadPartSizes::max_object_size(100 * MiB) > most);
+    CHECK(UploadPartSizes::max_object_size(8ull << 30) == kMaxParts * kMaxPartSize);
+}
