@@ -867,10 +867,11 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
     }
 
     // The repository/digest proof: `go` runs only when drayage knows `digest` belongs to
-    // `repo` — a link recorded from a manifest of that repository or a push, the repository's
-    // layer link in the bucket, or a 200 for a HEAD of the blob in that repository upstream.
-    // Otherwise the client gets 404 BLOB_UNKNOWN (503 when the upstream could not answer), the
-    // same as for a blob that does not exist, and never joins a fill.
+    // `repo` — a link recorded by an earlier proof or by a push to `repo`, the repository's
+    // layer link in the bucket, or a 200 for a HEAD of the blob in that repository upstream (a
+    // manifest of `repo` naming the digest is not proof: see fetch_manifest). Otherwise the
+    // client gets 404 BLOB_UNKNOWN (503 when the upstream could not answer), the same as for a
+    // blob that does not exist, and never joins a fill.
     void prove_blob(const std::shared_ptr<Exchange>& ex, const Route& r, std::function<void()> go) {
         auto linked = deps.cache->is_linked(r.name, r.reference);
         if (linked && *linked) return go();
@@ -1265,23 +1266,6 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
         return !any_accept;
     }
 
-    // Records which repository a manifest and the blobs it names belong to.
-    void learn_links(const std::string& repo, const std::string& digest, std::string_view body) {
-        deps.cache->link(repo, digest);
-        auto j = nlohmann::json::parse(body, nullptr, false);
-        if (j.is_discarded() || !j.is_object()) return;
-        auto add = [&](const nlohmann::json& desc) {
-            if (desc.is_object() && desc.contains("digest") && desc["digest"].is_string())
-                deps.cache->link(repo, desc["digest"].get<std::string>());
-        };
-        if (j.contains("config")) add(j["config"]);
-        for (const char* list : {"layers", "manifests"}) {
-            if (j.contains(list) && j[list].is_array())
-                for (const auto& d : j[list])
-                    add(d);
-        }
-    }
-
     void serve_manifest(const std::shared_ptr<Exchange>& ex, const Route& r) {
         if (r.by_digest) {
             // With auth, a cached manifest is served for <name> only when it was fetched for
@@ -1381,7 +1365,12 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
                 return ex->respond(200, std::move(h), std::move(m->body));
             }
             if (!r.by_digest) self->remember_tag(r.name + ":" + r.reference, digest, m->media_type);
-            self->learn_links(r.name, digest, m->body);
+            // The manifest belongs to r.name: it was fetched for r.name. What it names does
+            // not, by that alone: a manifest is a claim of whoever pushed it, and a registry
+            // may accept digests it does not hold there (foreign layers with `urls`). Its
+            // config and layers are linked once proven (prove_blob), child manifests once
+            // fetched for r.name; the body is not parsed.
+            self->deps.cache->link(r.name, digest);
             cache::Document doc{m->media_type, m->body};
             auto st = self->deps.cache->put_document(digest, m->media_type, std::move(m->body));
             if (!st) spdlog::warn("manifest {} not cached: {}", digest, st.error().to_string());
