@@ -419,7 +419,9 @@ Result<std::optional<ByteSpan>> parse_range(std::string_view header, std::uint64
 // Every byte is hashed on the way, and the last byte of the client's span is held back until the
 // digest checks out (as for a reader joined to a fill): a client never completes a transfer of
 // bytes that fail verification. A Range request still reads the blob from its start, so it can be
-// verified. There is no single flight here: each client has its own origin transfer.
+// verified; when the origin sends no length the Range is ignored (200, the whole blob, chunked),
+// and the byte held back is the last one received so far. There is no single flight here: each
+// client has its own origin transfer.
 class PassThrough : public std::enable_shared_from_this<PassThrough> {
 public:
     PassThrough(std::shared_ptr<Exchange> ex, std::string digest, std::string range,
@@ -447,21 +449,21 @@ public:
 private:
     bool head(const OriginHead& h) {
         if (ex_->closed()) return false;
-        if (!h.size) {
-            send_error(*ex_, 502, "UNKNOWN", "origin sent no length for " + digest_);
-            return stop_after(false);
+        size_ = h.size;
+        if (!size_) {
+            ex_->send_head_lines(200, head_lines_, std::nullopt);
+            return true;
         }
-        size_ = *h.size;
-        auto pr = parse_range(range_, size_);
+        auto pr = parse_range(range_, *size_);
         if (!pr) {
-            send_range_not_satisfiable(*ex_, size_);
+            send_range_not_satisfiable(*ex_, *size_);
             return stop_after(false);
         }
         if (*pr) {
             first_ = (*pr)->first;
             end_ = (*pr)->last + 1;
-            add_content_range(head_lines_, **pr, size_);
-            ex_->send_head_lines(206, head_lines_, end_ - first_);
+            add_content_range(head_lines_, **pr, *size_);
+            ex_->send_head_lines(206, head_lines_, *end_ - first_);
         } else {
             end_ = size_;
             ex_->send_head_lines(200, head_lines_, size_);
@@ -474,20 +476,25 @@ private:
         EVP_DigestUpdate(hash_.get(), bytes.data(), bytes.size());
         const std::uint64_t at = pos_;
         pos_ += bytes.size();
-        // The part of these bytes inside [first_, end_ - 1): the last byte waits for the digest.
-        const std::uint64_t from = std::max(at, first_);
-        const std::uint64_t to = std::min(pos_, end_ - 1);
-        if (pos_ >= end_ && at < end_) held_ = bytes[end_ - 1 - at];
-        if (from >= to) return true;
-        return ex_->write(bytes.substr(from - at, to - from));
+        // The span's bytes received so far end at `upto`; the last of them waits, either for
+        // more bytes or, at the end, for the digest.
+        const std::uint64_t upto = end_ ? std::min(pos_, *end_) : pos_;
+        const std::uint64_t from = std::max(first_, at);
+        if (upto <= from) return true;  // none of these bytes is in the span
+        bool more = true;
+        if (holding_) more = ex_->write(std::string_view(&held_, 1));  // no longer the last
+        if (upto - 1 > from) more = ex_->write(bytes.substr(from - at, upto - 1 - from)) && more;
+        held_ = bytes[upto - 1 - at];
+        holding_ = true;
+        return more;
     }
 
     void done(Status st) {
         transfer_.reset();
         if (ex_->closed()) return stop();
-        if (st && pos_ != size_) {
+        if (st && size_ && pos_ != *size_) {
             st = make_error("UNKNOWN", "origin sent " + std::to_string(pos_) + " of " +
-                                           std::to_string(size_) + " bytes");
+                                           std::to_string(*size_) + " bytes");
         }
         if (st) {
             unsigned char md[EVP_MAX_MD_SIZE];
@@ -507,7 +514,7 @@ private:
             ex_->abort();
             return stop();
         }
-        ex_->write(std::string_view(&held_, 1));
+        if (holding_) ex_->write(std::string_view(&held_, 1));
         ex_->finish();
         stop();
     }
@@ -531,11 +538,12 @@ private:
     std::string head_lines_;  // blob_head_lines
     std::shared_ptr<OriginTransfer> transfer_;
     std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> hash_{nullptr, EVP_MD_CTX_free};
-    std::uint64_t size_ = 0;
-    std::uint64_t first_ = 0;
-    std::uint64_t end_ = 0;
-    std::uint64_t pos_ = 0;
-    char held_ = 0;
+    std::optional<std::uint64_t> size_;  // as the origin announced it
+    std::uint64_t first_ = 0;            // the client's span: [first_, end_)
+    std::optional<std::uint64_t> end_;   // nullopt: to the end, wherever that is
+    std::uint64_t pos_ = 0;              // bytes received from the origin
+    char held_ = 0;                      // the span's last byte received, not yet sent
+    bool holding_ = false;
     bool stopped_ = false;
 };
 
@@ -1109,11 +1117,18 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
             miss->fill->set_resume_callback([weak] {
                 if (auto m = weak.lock(); m && m->transfer) m->transfer->resume();
             });
-            miss->fill->set_cancel_callback([weak] {
-                if (auto m = weak.lock(); m && m->transfer) {
+            std::weak_ptr<Impl> front = weak_from_this();
+            miss->fill->set_cancel_callback([weak, front] {
+                auto m = weak.lock();
+                if (!m) return;
+                if (m->transfer) {
                     m->transfer->cancel();
                     m->transfer.reset();
                 }
+                // The source is stopped before its end: a copy to the bucket is abandoned too
+                // (finish_write_through aborts it), not left as an open multipart upload.
+                if (auto f = front.lock())
+                    f->finish_write_through(m, make_error(cache::kErrAbandoned, "fill cancelled"));
             });
         }
         if (drive && origin_name == "upstream") start_write_through(miss, head.size);

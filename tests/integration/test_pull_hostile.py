@@ -2,18 +2,30 @@
 
 - A manifest naming a digest of another repository (a foreign layer, which docker-registry accepts
   with `validation.manifests.urls.allow`) does not make that blob readable under its repository.
+- A blob sent without a length that turns out larger than cache.max_size never takes the cache
+  over it.
+
+Real docker-registry where it can play the part; a small fake registry (FakeRegistry, below) for
+what a real one cannot be made to send: chunked blobs.
 """
+import concurrent.futures
 import hashlib
+import http.server
 import json
+import threading
 import time
 import urllib.request
+import uuid
 
 import pytest
 import requests
 
 from harness.drayage import Drayage
+from harness.net import free_port
 from harness.registry import ALL_MANIFESTS, DOCKER_MANIFEST, KiB, MiB, Registry
+from harness.swift import swift  # noqa: F401 (session fixture)
 from test_auth_pull import auth_config
+from test_pull_s3 import drayage_s3_block
 
 FOREIGN_LAYER = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
 OCI_NONDISTRIBUTABLE = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
@@ -21,6 +33,15 @@ OCI_NONDISTRIBUTABLE = "application/vnd.oci.image.layer.nondistributable.v1.tar+
 
 def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def get(url: str, **kw):
+    """(status, body, complete): complete is False when the connection was cut mid-body."""
+    try:
+        r = requests.get(url, timeout=120, **kw)
+        return r.status_code, r.content, True
+    except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError):
+        return None, b"", False
 
 
 # ------------------------------------------------------------------------------------------------
@@ -124,3 +145,166 @@ def test_a_manifest_naming_a_private_digest_does_not_open_it(build_dir, tmp_path
         assert d.metric("drayage_http_worker_hits_total") > 0
     finally:
         d.stop()
+
+
+# ------------------------------------------------------------------------------------------------
+# A fake registry for what a real one cannot be made to send.
+
+class FakeRegistry:
+    """Serves what it is given: manifests (`manifests[(repo, tag)] = (media type, bytes)`), blobs
+    sent chunked without a Content-Length (`blobs[digest] = bytes`), and a catalog body."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.manifests = {}
+        self.blobs = {}
+        self.catalog = b'{"repositories":[]}'
+        self.blob_gets = 0
+        self._server = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "FakeRegistry":
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status, body=b"", headers=None, send_body=True):
+                self.send_response(status)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if send_body:
+                    self.wfile.write(body)
+
+            def _chunked(self, data: bytes):
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for i in range(0, len(data), MiB):
+                    piece = data[i:i + MiB]
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                self.wfile.write(b"0\r\n\r\n")
+
+            def _serve(self, send_body: bool):
+                path = self.path.split("?", 1)[0]
+                if path == "/v2/":
+                    return self._send(200, b"{}", send_body=send_body)
+                if path == "/v2/_catalog":
+                    return self._send(200, owner.catalog, {"Content-Type": "application/json"},
+                                      send_body)
+                repo, kind, ref = path[len("/v2/"):].rsplit("/", 2)
+                if kind == "manifests" and (repo, ref) in owner.manifests:
+                    media_type, body = owner.manifests[(repo, ref)]
+                    return self._send(200, body, {"Content-Type": media_type,
+                                                  "Docker-Content-Digest": sha256(body)},
+                                      send_body)
+                if kind == "blobs" and ref in owner.blobs:
+                    if not send_body:
+                        return self._send(200, send_body=False)
+                    owner.blob_gets += 1
+                    return self._chunked(owner.blobs[ref])
+                self._send(404, b'{"errors":[{"code":"NOT_FOUND","message":"unknown"}]}',
+                           send_body=send_body)
+
+            def do_GET(self):
+                self._serve(True)
+
+            def do_HEAD(self):
+                self._serve(False)
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self):
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+@pytest.fixture
+def fake():
+    f = FakeRegistry().start()
+    yield f
+    f.stop()
+
+
+# ------------------------------------------------------------------------------------------------
+# A blob of unknown length, larger than the cache.
+
+BIG = hashlib.sha256(b"big").digest() * (100 * MiB // 32)  # 100 MiB, over a 64 MiB cache
+
+
+def test_a_blob_without_a_length_larger_than_the_cache_is_not_cached(fake, drayage_factory,
+                                                                    tmp_path):
+    max_size = 64 * MiB
+    small = [bytes([i]) * (4 * MiB) for i in range(3)]
+    big = BIG
+    for b in small + [big]:
+        fake.blobs[sha256(b)] = b
+    d = drayage_factory({"upstream": {"url": fake.url},
+                         "cache": {"path": str(tmp_path / "cache"), "max_size": "64MiB"}})
+    for b in small:
+        assert get(f"{d.url}/v2/x/y/blobs/{sha256(b)}")[:2] == (200, b)
+
+    charged = []
+    sampling = threading.Event()
+
+    def sample():
+        while not sampling.is_set():
+            charged.append(d.metric("drayage_cache_charged_bytes"))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    url = f"{d.url}/v2/x/y/blobs/{sha256(big)}"
+    try:
+        # Two clients join the fill; it stops at max_size. Each gets the blob whole and right,
+        # or a cut connection: never a complete-looking body of other bytes.
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            first = list(pool.map(lambda _: get(url), range(2)))
+        for status, body, complete in first:
+            assert not complete or (status, sha256(body)) == (200, sha256(big))
+        # Later requests: streamed uncached (the digest is remembered), whole and verified.
+        for _ in range(2):
+            status, body, complete = get(url)
+            assert complete and status == 200 and body == big
+    finally:
+        sampling.set()
+        sampler.join()
+    charged.append(d.metric("drayage_cache_charged_bytes"))
+    assert max(charged) <= max_size, max(charged)
+    assert d.metric("drayage_cache_over_limit_total") == 0
+    assert d.metric("drayage_cache_fills_started_total") == len(small) + 1
+    assert d.metric("drayage_registry_responses_total", 'outcome="uncached"') >= 2
+    # The file holds no more than max_size of data: LMDB's own pages besides.
+    assert (tmp_path / "cache" / "data.mdb").stat().st_size <= max_size + 8 * MiB
+    assert "not cached" in d.log()
+
+
+def test_a_copy_to_the_bucket_of_such_a_blob_is_abandoned(fake, swift, drayage_factory):  # noqa: F811
+    """With storage.s3.writethrough the fill's bytes also go to the bucket as a multipart
+    upload: when the fill stops at max_size, the upload is aborted, not left open."""
+    root = f"/hostile-{uuid.uuid4().hex[:8]}"
+    fake.blobs[sha256(BIG)] = BIG
+    d = drayage_factory({"upstream": {"url": fake.url}, "cache": {"max_size": "64MiB"},
+                         "storage": {"s3": drayage_s3_block(swift, root, writethrough=True)}})
+    status, body, complete = get(f"{d.url}/v2/x/y/blobs/{sha256(BIG)}")
+    assert not complete or (status, body == BIG) == (200, True)
+    s3 = swift.client()
+    deadline = time.monotonic() + 60
+    while s3.list_multipart_uploads(Bucket=swift.bucket, Prefix=root.strip("/")).get("Uploads"):
+        assert time.monotonic() < deadline, "the copy to the bucket was left open"
+        time.sleep(0.2)
+    assert get(f"{d.url}/v2/x/y/blobs/{sha256(BIG)}")[:2] == (200, BIG)
+    assert "write-through of " + sha256(BIG) + " abandoned" in d.log()
