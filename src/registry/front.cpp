@@ -7,11 +7,11 @@
 
 #include <chrono>
 #include <map>
-#include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 
 #include "drayage/http/errors.hpp"
+#include "drayage/registry/catalog.hpp"
 #include "drayage/registry/reference.hpp"
 #include "drayage/registry/routes.hpp"
 #include "drayage/s3/layout.hpp"
@@ -80,6 +80,11 @@ void send_origin_error(Exchange& ex, const Error& e, std::string_view unknown_co
                    e.message);
     } else if (e.code == "TOOMANYREQUESTS") {
         send_error(ex, 429, "TOOMANYREQUESTS", e.message);
+    } else if (e.code == "UPSTREAM_400") {
+        // The upstream registry refused what the client asked for (a page size over its limit,
+        // a name it does not accept): a retry would get the same answer, so it is not a 503.
+        // (A 400 from S3 is not the client's doing: drayage built that request.)
+        send_error(ex, 400, http::registry_code_for_status(400), e.message);
     } else {
         // Unreachable, timeouts, 5xx: a quick 503 lets docker and containerd move on.
         send_error(ex, 503, "UNAVAILABLE", "upstream unavailable: " + e.to_string());
@@ -1401,22 +1406,24 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
     // ----- listings --------------------------------------------------------------------------
     // The catalog without the repositories `who` may not pull (auth on). Pagination (Link) is
     // kept as the upstream sent it, so a page may hold fewer than n names.
-    std::string filter_catalog(const Identity& who, const std::string& body) const {
-        auto j = nlohmann::json::parse(body, nullptr, false);
-        nlohmann::json out = {{"repositories", nlohmann::json::array()}};
-        if (j.is_object() && j.contains("repositories") && j["repositories"].is_array()) {
-            for (const auto& n : j["repositories"]) {
-                if (!n.is_string()) continue;
-                auto name =
-                    normalize_repository(n.get<std::string>(), deps.auth->policy().docker_hub());
-                if (name && deps.auth->policy().allows(who.principal, *name, Action::pull))
-                    out["repositories"].push_back(n);
-            }
-        }
-        return out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    Result<std::string> filter_catalog(const Identity& who, const std::string& body) const {
+        const AccessPolicy& policy = deps.auth->policy();
+        return filter_catalog_page(body, [&](const std::string& n) {
+            auto name = normalize_repository(n, policy.docker_hub());
+            return name && policy.allows(who.principal, *name, Action::pull);
+        });
     }
 
     void pass_listing(const std::shared_ptr<Exchange>& ex, const Route& r, const Identity& who) {
+        const std::string& q = ex->request().query;
+        if (r.endpoint == Endpoint::catalog) {
+            auto n = catalog_page_size(q);
+            if (n && *n > kMaxCatalogEntries) {
+                return send_error(*ex, 400, "PAGINATION_NUMBER_INVALID",
+                                  "invalid number of results requested: n may be at most " +
+                                      std::to_string(kMaxCatalogEntries));
+            }
+        }
         if (!deps.upstream)
             return respond_json(*ex, 200,
                                 r.endpoint == Endpoint::catalog
@@ -1427,14 +1434,22 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
         auto done = [self, ex, filter, who](Result<UpstreamListing> l) {
             if (ex->closed()) return;
             if (!l) return send_origin_error(*ex, l.error(), "NAME_UNKNOWN");
-            if (filter) l->body = self->filter_catalog(who, l->body);
+            if (filter) {
+                auto page = self->filter_catalog(who, l->body);
+                if (!page) {
+                    spdlog::warn("catalog from the upstream not served: {}",
+                                 page.error().to_string());
+                    return send_error(*ex, 502, "UNKNOWN",
+                                      "the upstream sent an unreadable catalog");
+                }
+                l->body = std::move(*page);
+            }
             HeaderList h = api_headers();
             h.emplace_back("Content-Type", "application/json");
             auto link = net::find_header(l->headers, "Link");
             if (!link.empty()) h.emplace_back("Link", std::string(link));
             ex->respond(200, std::move(h), std::move(l->body));
         };
-        const std::string& q = ex->request().query;
         if (r.endpoint == Endpoint::catalog) {
             deps.upstream->get_catalog(q, std::move(done));
         } else {

@@ -4,9 +4,11 @@
   with `validation.manifests.urls.allow`) does not make that blob readable under its repository.
 - A blob sent without a length that turns out larger than cache.max_size never takes the cache
   over it.
+- Manifests and catalogs built to blow up a JSON DOM cost drayage no more than their size.
+- A catalog page size over the limit is the client's error (400), not an outage (503).
 
 Real docker-registry where it can play the part; a small fake registry (FakeRegistry, below) for
-what a real one cannot be made to send: chunked blobs.
+what a real one cannot be made to send: chunked blobs, 4 MiB of '[' as a manifest.
 """
 import concurrent.futures
 import hashlib
@@ -33,6 +35,15 @@ OCI_NONDISTRIBUTABLE = "application/vnd.oci.image.layer.nondistributable.v1.tar+
 
 def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def vm_hwm_kib(pid: int) -> int:
+    """The peak resident set of a process (VmHWM), in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmHWM in /proc/%d/status" % pid)
 
 
 def get(url: str, **kw):
@@ -308,3 +319,77 @@ def test_a_copy_to_the_bucket_of_such_a_blob_is_abandoned(fake, swift, drayage_f
         time.sleep(0.2)
     assert get(f"{d.url}/v2/x/y/blobs/{sha256(BIG)}")[:2] == (200, BIG)
     assert "write-through of " + sha256(BIG) + " abandoned" in d.log()
+
+
+# ------------------------------------------------------------------------------------------------
+# JSON bombs.
+
+def test_hostile_manifests_cost_no_more_than_their_size(fake, drayage_factory):
+    cap = 4 * MiB  # UpstreamRegistry::kMaxManifestBytes
+    manifest_type = "application/vnd.oci.image.manifest.v1+json"
+    brackets = b"[" * cap
+    depth = (cap - 16) // 2
+    nested = b'{"a":' + b"[" * depth + b"]" * depth + b"}"
+    fake.manifests[("bomb/x", "open")] = (manifest_type, brackets)
+    fake.manifests[("bomb/x", "deep")] = (manifest_type, nested)
+    d = drayage_factory({"upstream": {"url": fake.url}})
+    assert requests.get(f"{d.url}/v2/", timeout=10).status_code == 200
+    before = vm_hwm_kib(d.proc.pid)
+    for tag, body in [("open", brackets), ("deep", nested)]:
+        for _ in range(2):
+            r = requests.get(f"{d.url}/v2/bomb/x/manifests/{tag}",
+                             headers={"Accept": manifest_type}, timeout=60)
+            # Passed on as the registry holds it (digest checked): the client judges it.
+            assert r.status_code == 200 and r.content == body
+            assert r.headers["Docker-Content-Digest"] == sha256(body)
+    grown = vm_hwm_kib(d.proc.pid) - before
+    assert grown < 64 * 1024, f"VmHWM grew by {grown} KiB"
+    assert d.proc.poll() is None
+    assert requests.get(f"{d.url}/v2/", timeout=10).status_code == 200
+
+
+def test_a_hostile_catalog_is_refused_without_a_dom(fake, build_dir, tmp_path):
+    fake.catalog = b'{"repositories":' + b"[" * (8 * MiB)
+    d = Drayage(build_dir / "src" / "drayage", tmp_path / "cat", {
+        "upstream": {"url": fake.url},
+        "auth": auth_config(tmp_path / "cat", [{"repositories": ["**"], "pull": ["alice"]}]),
+    }).start()
+    try:
+        before = vm_hwm_kib(d.proc.pid)
+        r = requests.get(f"{d.url}/v2/_catalog", auth=("alice", "pw"), timeout=60)
+        assert r.status_code == 502 and r.json()["errors"][0]["code"] == "UNKNOWN"
+        grown = vm_hwm_kib(d.proc.pid) - before
+        assert grown < 64 * 1024, f"VmHWM grew by {grown} KiB"
+        fake.catalog = b'{"repositories":["a/b","c/d"]}'
+        r = requests.get(f"{d.url}/v2/_catalog", auth=("alice", "pw"), timeout=60)
+        assert r.status_code == 200 and r.json() == {"repositories": ["a/b", "c/d"]}
+    finally:
+        d.stop()
+
+
+# ------------------------------------------------------------------------------------------------
+# Catalog page size.
+
+def test_catalog_page_size_over_the_limit_is_a_client_error(tmp_path, drayage_factory):
+    """docker-registry 2.8.2 answers 400 PAGINATION_NUMBER_INVALID for n over
+    catalog.maxentries (default 1000); drayage answers the same itself, and passes on the 400 of
+    an upstream with a lower limit instead of calling it an outage."""
+    reg = Registry(tmp_path / "reg", extra={"catalog": {"maxentries": 5}}).start()
+    try:
+        reg.push_image("some/repo", "v1", [KiB], seed=33)
+        d = drayage_factory({"upstream": {"url": reg.url}})
+        none = drayage_factory({}, name="no-upstream")
+        for mirror in (d, none):
+            for n in ("1001", "1000000", "99999999999999999999999"):
+                r = requests.get(f"{mirror.url}/v2/_catalog", params={"n": n}, timeout=30)
+                assert r.status_code == 400, (n, r.status_code)
+                assert r.json()["errors"][0]["code"] == "PAGINATION_NUMBER_INVALID"
+                assert "at most 1000" in r.json()["errors"][0]["message"]
+        for q in ("n=5", "n=abc", "last=a"):
+            r = requests.get(f"{d.url}/v2/_catalog?{q}", timeout=30)
+            assert r.status_code == 200 and "some/repo" in r.json()["repositories"], q
+        # Within drayage's limit, over the upstream's: the upstream's 400, not a 503.
+        r = requests.get(f"{d.url}/v2/_catalog?n=6", timeout=30)
+        assert r.status_code == 400 and "PAGINATION_NUMBER_INVALID" in r.text
+    finally:
+        reg.stop()
