@@ -196,6 +196,18 @@ bool CacheFill::append(std::string_view bytes) {
                  true);
         return false;
     }
+    if (!expected_size_ &&
+        impl.blob_charge(received_ + bytes.size()) > impl.options.config.max_size) {
+        // A source that sent no length turned out to send more than the cache can hold. Its
+        // bytes so far are dropped before they push the cache over max_size; the readers are
+        // cut (each held back its last byte, so none took a short body for a whole one), and
+        // their retries are streamed uncached (start_or_join_fill remembers the digest).
+        impl.remember_too_large(digest_);
+        end_with(make_error(kErrTooLarge, digest_ + " sent without a length is larger than "
+                                                    "cache.max_size; not cached"),
+                 true);
+        return false;
+    }
     while (!bytes.empty()) {
         std::size_t n = std::min<std::size_t>(chunk_size_ - tail_.size(), bytes.size());
         tail_.append(bytes.data(), n);
@@ -428,6 +440,20 @@ void Cache::Impl::on_completions() {
             f->paused_ = false;
             if (f->on_resume_) defer(f->on_resume_);
         }
+    }
+}
+
+std::uint64_t Cache::Impl::blob_charge(std::uint64_t size) const {
+    const std::uint64_t cs = store->chunk_size();
+    return kMetaCharge + size / cs * store->chunk_charge(cs) + store->chunk_charge(size % cs);
+}
+
+void Cache::Impl::remember_too_large(const std::string& digest) {
+    if (!too_large.insert(digest).second) return;
+    too_large_order.push_back(digest);
+    if (too_large_order.size() > kTooLargeMemory) {
+        too_large.erase(too_large_order.front());
+        too_large_order.pop_front();
     }
 }
 
@@ -713,12 +739,15 @@ Result<FillHandle> Cache::start_or_join_fill(std::string_view digest,
     if (!is_sha256_digest(digest)) {
         return make_error("DIGEST_INVALID", "not a sha256 digest: " + std::string(digest), 400);
     }
-    if (expected_size && *expected_size + kMetaCharge > impl.options.config.max_size) {
+    if (expected_size && impl.blob_charge(*expected_size) > impl.options.config.max_size) {
         return make_error(kErrTooLarge, std::string(digest) + " (" +
                                             std::to_string(*expected_size) +
                                             " bytes) is larger than cache.max_size");
     }
     std::string d(digest);
+    if (impl.too_large.count(d) > 0) {
+        return make_error(kErrTooLarge, d + " is larger than cache.max_size (seen before)");
+    }
     auto it = impl.fills.find(d);
     if (it != impl.fills.end()) return FillHandle{it->second, false};
     if (clock::steady_ns() < impl.unwritable_until_ns.load()) {

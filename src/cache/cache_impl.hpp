@@ -149,6 +149,12 @@ struct Cache::Impl {
     std::map<std::uint64_t, std::function<void(Status)>> doc_callbacks;
     std::map<std::uint64_t, std::function<void()>> idle_callbacks;
     std::set<std::string> pending_links;
+    // Digests of blobs found larger than max_size while being filled without a known size, so
+    // that later misses stream them uncached at once instead of filling (and evicting) again.
+    // The oldest are forgotten past kTooLargeMemory.
+    static constexpr std::size_t kTooLargeMemory = 1024;
+    std::set<std::string> too_large;
+    std::deque<std::string> too_large_order;
     struct Touch {
         std::uint64_t hits = 0;
         std::int64_t queued_at = 0;
@@ -190,6 +196,9 @@ struct Cache::Impl {
     void forget_fill(CacheFill& fill);
     void on_completions();
     void note_access(const BlobMeta& meta);
+    // What a blob of `size` bytes charges against max_size once stored (chunks and records).
+    std::uint64_t blob_charge(std::uint64_t size) const;
+    void remember_too_large(const std::string& digest);
 };
 
 // The writer thread: owns every write transaction of this process.

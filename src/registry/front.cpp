@@ -7,11 +7,11 @@
 
 #include <chrono>
 #include <map>
-#include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 
 #include "drayage/http/errors.hpp"
+#include "drayage/registry/catalog.hpp"
 #include "drayage/registry/push.hpp"
 #include "drayage/registry/reference.hpp"
 #include "drayage/registry/routes.hpp"
@@ -81,6 +81,11 @@ void send_origin_error(Exchange& ex, const Error& e, std::string_view unknown_co
                    e.message);
     } else if (e.code == "TOOMANYREQUESTS") {
         send_error(ex, 429, "TOOMANYREQUESTS", e.message);
+    } else if (e.code == "UPSTREAM_400") {
+        // The upstream registry refused what the client asked for (a page size over its limit,
+        // a name it does not accept): a retry would get the same answer, so it is not a 503.
+        // (A 400 from S3 is not the client's doing: drayage built that request.)
+        send_error(ex, 400, http::registry_code_for_status(400), e.message);
     } else {
         // Unreachable, timeouts, 5xx: a quick 503 lets docker and containerd move on.
         send_error(ex, 503, "UNAVAILABLE", "upstream unavailable: " + e.to_string());
@@ -423,7 +428,9 @@ Result<std::optional<ByteSpan>> parse_range(std::string_view header, std::uint64
 // Every byte is hashed on the way, and the last byte of the client's span is held back until the
 // digest checks out (as for a reader joined to a fill): a client never completes a transfer of
 // bytes that fail verification. A Range request still reads the blob from its start, so it can be
-// verified. There is no single flight here: each client has its own origin transfer.
+// verified; when the origin sends no length the Range is ignored (200, the whole blob, chunked),
+// and the byte held back is the last one received so far. There is no single flight here: each
+// client has its own origin transfer.
 class PassThrough : public std::enable_shared_from_this<PassThrough> {
 public:
     PassThrough(std::shared_ptr<Exchange> ex, std::string digest, std::string range,
@@ -451,21 +458,21 @@ public:
 private:
     bool head(const OriginHead& h) {
         if (ex_->closed()) return false;
-        if (!h.size) {
-            send_error(*ex_, 502, "UNKNOWN", "origin sent no length for " + digest_);
-            return stop_after(false);
+        size_ = h.size;
+        if (!size_) {
+            ex_->send_head_lines(200, head_lines_, std::nullopt);
+            return true;
         }
-        size_ = *h.size;
-        auto pr = parse_range(range_, size_);
+        auto pr = parse_range(range_, *size_);
         if (!pr) {
-            send_range_not_satisfiable(*ex_, size_);
+            send_range_not_satisfiable(*ex_, *size_);
             return stop_after(false);
         }
         if (*pr) {
             first_ = (*pr)->first;
             end_ = (*pr)->last + 1;
-            add_content_range(head_lines_, **pr, size_);
-            ex_->send_head_lines(206, head_lines_, end_ - first_);
+            add_content_range(head_lines_, **pr, *size_);
+            ex_->send_head_lines(206, head_lines_, *end_ - first_);
         } else {
             end_ = size_;
             ex_->send_head_lines(200, head_lines_, size_);
@@ -478,20 +485,25 @@ private:
         EVP_DigestUpdate(hash_.get(), bytes.data(), bytes.size());
         const std::uint64_t at = pos_;
         pos_ += bytes.size();
-        // The part of these bytes inside [first_, end_ - 1): the last byte waits for the digest.
-        const std::uint64_t from = std::max(at, first_);
-        const std::uint64_t to = std::min(pos_, end_ - 1);
-        if (pos_ >= end_ && at < end_) held_ = bytes[end_ - 1 - at];
-        if (from >= to) return true;
-        return ex_->write(bytes.substr(from - at, to - from));
+        // The span's bytes received so far end at `upto`; the last of them waits, either for
+        // more bytes or, at the end, for the digest.
+        const std::uint64_t upto = end_ ? std::min(pos_, *end_) : pos_;
+        const std::uint64_t from = std::max(first_, at);
+        if (upto <= from) return true;  // none of these bytes is in the span
+        bool more = true;
+        if (holding_) more = ex_->write(std::string_view(&held_, 1));  // no longer the last
+        if (upto - 1 > from) more = ex_->write(bytes.substr(from - at, upto - 1 - from)) && more;
+        held_ = bytes[upto - 1 - at];
+        holding_ = true;
+        return more;
     }
 
     void done(Status st) {
         transfer_.reset();
         if (ex_->closed()) return stop();
-        if (st && pos_ != size_) {
+        if (st && size_ && pos_ != *size_) {
             st = make_error("UNKNOWN", "origin sent " + std::to_string(pos_) + " of " +
-                                           std::to_string(size_) + " bytes");
+                                           std::to_string(*size_) + " bytes");
         }
         if (st) {
             unsigned char md[EVP_MAX_MD_SIZE];
@@ -511,7 +523,7 @@ private:
             ex_->abort();
             return stop();
         }
-        ex_->write(std::string_view(&held_, 1));
+        if (holding_) ex_->write(std::string_view(&held_, 1));
         ex_->finish();
         stop();
     }
@@ -535,11 +547,12 @@ private:
     std::string head_lines_;  // blob_head_lines
     std::shared_ptr<OriginTransfer> transfer_;
     std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> hash_{nullptr, EVP_MD_CTX_free};
-    std::uint64_t size_ = 0;
-    std::uint64_t first_ = 0;
-    std::uint64_t end_ = 0;
-    std::uint64_t pos_ = 0;
-    char held_ = 0;
+    std::optional<std::uint64_t> size_;  // as the origin announced it
+    std::uint64_t first_ = 0;            // the client's span: [first_, end_)
+    std::optional<std::uint64_t> end_;   // nullopt: to the end, wherever that is
+    std::uint64_t pos_ = 0;              // bytes received from the origin
+    char held_ = 0;                      // the span's last byte received, not yet sent
+    bool holding_ = false;
     bool stopped_ = false;
 };
 
@@ -849,10 +862,11 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
     }
 
     // The repository/digest proof: `go` runs only when drayage knows `digest` belongs to
-    // `repo` — a link recorded from a manifest of that repository or a push, the repository's
-    // layer link in the bucket, or a 200 for a HEAD of the blob in that repository upstream.
-    // Otherwise the client gets 404 BLOB_UNKNOWN (503 when the upstream could not answer), the
-    // same as for a blob that does not exist, and never joins a fill.
+    // `repo` — a link recorded by an earlier proof or by a push to `repo`, the repository's
+    // layer link in the bucket, or a 200 for a HEAD of the blob in that repository upstream (a
+    // manifest of `repo` naming the digest is not proof: see fetch_manifest). Otherwise the
+    // client gets 404 BLOB_UNKNOWN (503 when the upstream could not answer), the same as for a
+    // blob that does not exist, and never joins a fill.
     void prove_blob(const std::shared_ptr<Exchange>& ex, const Route& r, std::function<void()> go) {
         auto linked = deps.cache->is_linked(r.name, r.reference);
         if (linked && *linked) return go();
@@ -1090,11 +1104,18 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
             miss->fill->set_resume_callback([weak] {
                 if (auto m = weak.lock(); m && m->transfer) m->transfer->resume();
             });
-            miss->fill->set_cancel_callback([weak] {
-                if (auto m = weak.lock(); m && m->transfer) {
+            std::weak_ptr<Impl> front = weak_from_this();
+            miss->fill->set_cancel_callback([weak, front] {
+                auto m = weak.lock();
+                if (!m) return;
+                if (m->transfer) {
                     m->transfer->cancel();
                     m->transfer.reset();
                 }
+                // The source is stopped before its end: a copy to the bucket is abandoned too
+                // (finish_write_through aborts it), not left as an open multipart upload.
+                if (auto f = front.lock())
+                    f->finish_write_through(m, make_error(cache::kErrAbandoned, "fill cancelled"));
             });
         }
         if (drive && origin_name == "upstream") start_write_through(miss, head.size);
@@ -1247,23 +1268,6 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
         return !any_accept;
     }
 
-    // Records which repository a manifest and the blobs it names belong to.
-    void learn_links(const std::string& repo, const std::string& digest, std::string_view body) {
-        deps.cache->link(repo, digest);
-        auto j = nlohmann::json::parse(body, nullptr, false);
-        if (j.is_discarded() || !j.is_object()) return;
-        auto add = [&](const nlohmann::json& desc) {
-            if (desc.is_object() && desc.contains("digest") && desc["digest"].is_string())
-                deps.cache->link(repo, desc["digest"].get<std::string>());
-        };
-        if (j.contains("config")) add(j["config"]);
-        for (const char* list : {"layers", "manifests"}) {
-            if (j.contains(list) && j[list].is_array())
-                for (const auto& d : j[list])
-                    add(d);
-        }
-    }
-
     void serve_manifest(const std::shared_ptr<Exchange>& ex, const Route& r) {
         if (r.by_digest) {
             // With auth, a cached manifest is served for <name> only when it was fetched for
@@ -1363,7 +1367,12 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
                 return ex->respond(200, std::move(h), std::move(m->body));
             }
             if (!r.by_digest) self->remember_tag(r.name + ":" + r.reference, digest, m->media_type);
-            self->learn_links(r.name, digest, m->body);
+            // The manifest belongs to r.name: it was fetched for r.name. What it names does
+            // not, by that alone: a manifest is a claim of whoever pushed it, and a registry
+            // may accept digests it does not hold there (foreign layers with `urls`). Its
+            // config and layers are linked once proven (prove_blob), child manifests once
+            // fetched for r.name; the body is not parsed.
+            self->deps.cache->link(r.name, digest);
             cache::Document doc{m->media_type, m->body};
             auto st = self->deps.cache->put_document(digest, m->media_type, std::move(m->body));
             if (!st) spdlog::warn("manifest {} not cached: {}", digest, st.error().to_string());
@@ -1379,22 +1388,24 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
     // ----- listings --------------------------------------------------------------------------
     // The catalog without the repositories `who` may not pull (auth on). Pagination (Link) is
     // kept as the upstream sent it, so a page may hold fewer than n names.
-    std::string filter_catalog(const Identity& who, const std::string& body) const {
-        auto j = nlohmann::json::parse(body, nullptr, false);
-        nlohmann::json out = {{"repositories", nlohmann::json::array()}};
-        if (j.is_object() && j.contains("repositories") && j["repositories"].is_array()) {
-            for (const auto& n : j["repositories"]) {
-                if (!n.is_string()) continue;
-                auto name =
-                    normalize_repository(n.get<std::string>(), deps.auth->policy().docker_hub());
-                if (name && deps.auth->policy().allows(who.principal, *name, Action::pull))
-                    out["repositories"].push_back(n);
-            }
-        }
-        return out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    Result<std::string> filter_catalog(const Identity& who, const std::string& body) const {
+        const AccessPolicy& policy = deps.auth->policy();
+        return filter_catalog_page(body, [&](const std::string& n) {
+            auto name = normalize_repository(n, policy.docker_hub());
+            return name && policy.allows(who.principal, *name, Action::pull);
+        });
     }
 
     void pass_listing(const std::shared_ptr<Exchange>& ex, const Route& r, const Identity& who) {
+        const std::string& q = ex->request().query;
+        if (r.endpoint == Endpoint::catalog) {
+            auto n = catalog_page_size(q);
+            if (n && *n > kMaxCatalogEntries) {
+                return send_error(*ex, 400, "PAGINATION_NUMBER_INVALID",
+                                  "invalid number of results requested: n may be at most " +
+                                      std::to_string(kMaxCatalogEntries));
+            }
+        }
         if (!deps.upstream)
             return respond_json(*ex, 200,
                                 r.endpoint == Endpoint::catalog
@@ -1405,14 +1416,22 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
         auto done = [self, ex, filter, who](Result<UpstreamListing> l) {
             if (ex->closed()) return;
             if (!l) return send_origin_error(*ex, l.error(), "NAME_UNKNOWN");
-            if (filter) l->body = self->filter_catalog(who, l->body);
+            if (filter) {
+                auto page = self->filter_catalog(who, l->body);
+                if (!page) {
+                    spdlog::warn("catalog from the upstream not served: {}",
+                                 page.error().to_string());
+                    return send_error(*ex, 502, "UNKNOWN",
+                                      "the upstream sent an unreadable catalog");
+                }
+                l->body = std::move(*page);
+            }
             HeaderList h = api_headers();
             h.emplace_back("Content-Type", "application/json");
             auto link = net::find_header(l->headers, "Link");
             if (!link.empty()) h.emplace_back("Link", std::string(link));
             ex->respond(200, std::move(h), std::move(l->body));
         };
-        const std::string& q = ex->request().query;
         if (r.endpoint == Endpoint::catalog) {
             deps.upstream->get_catalog(q, std::move(done));
         } else {

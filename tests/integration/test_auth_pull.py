@@ -333,7 +333,7 @@ def test_alice_and_bob_racing_for_an_uncached_private_digest(build_dir, tmp_path
     d = start_drayage(build_dir / "src" / "drayage", tmp_path / "race", upstream)
     try:
         big = upstream.private.layers[1]
-        # alice learns the manifest (links) but no blob is cached yet.
+        # alice fetches the manifest; no blob is cached or proven yet.
         assert requests.get(f"{d.url}/v2/private/app/manifests/v1", auth=("alice", "pw"),
                             headers={"Accept": ALL_MANIFESTS}).status_code == 200
 

@@ -126,6 +126,9 @@ public:
     // Feeds bytes. Returns false when the writer queue is over its high watermark: the source
     // should stop reading until the resume callback fires (the bytes given are kept either way).
     // After the fill ended (failed, abandoned) bytes are ignored and it returns false.
+    // A fill started without an expected size fails with kErrTooLarge (readers cut, nothing
+    // kept) as soon as the bytes would no longer fit in max_size; the Cache remembers the
+    // digest, so start_or_join_fill refuses it from then on and the caller streams it uncached.
     bool append(std::string_view bytes);
     // All bytes given. The fill completes once the writer has verified the sha256.
     void finish();
@@ -245,8 +248,10 @@ public:
                                                     std::uint64_t max_bytes,
                                                     const std::function<char*(std::size_t)>& place);
     // Joins the running fill of `digest` or starts one. Errors: not a sha256 digest; kErrTooLarge
-    // (expected size larger than max_size) and kErrUnwritable (the last write failed; retried
-    // after a backoff of 5 s doubling to 60 s): the caller streams without caching.
+    // (stored at its expected size, or at the size an earlier fill without one reached, the
+    // blob would charge more than max_size; the last 1024 such digests are remembered) and
+    // kErrUnwritable (the last write failed; retried after a backoff of 5 s doubling to 60 s):
+    // the caller streams without caching.
     Result<FillHandle> start_or_join_fill(std::string_view digest,
                                           std::optional<std::uint64_t> expected_size);
 
