@@ -55,8 +55,11 @@ std::string encode64(std::string_view bytes, std::string_view alphabet, bool pad
     return out;
 }
 
-std::optional<std::string> decode64(std::string_view text, std::string_view alphabet) {
-    while (!text.empty() && text.back() == '=')
+// `canonical`: only the encoding encode64(.., false) makes (no padding, zero unused bits), so
+// that a token has one spelling; otherwise trailing padding is skipped (Basic credentials).
+std::optional<std::string> decode64(std::string_view text, std::string_view alphabet,
+                                    bool canonical) {
+    while (!canonical && !text.empty() && text.back() == '=')
         text.remove_suffix(1);
     std::string out;
     unsigned v = 0;
@@ -72,6 +75,9 @@ std::optional<std::string> decode64(std::string_view text, std::string_view alph
         }
     }
     if (bits >= 6) return std::nullopt;  // one stray character cannot be a whole byte
+    // The last character's low `bits` bits belong to no byte: another value there would be a
+    // second spelling of the same bytes.
+    if (canonical && (v & ((1U << bits) - 1)) != 0) return std::nullopt;
     return out;
 }
 
@@ -152,7 +158,7 @@ std::string base64url_encode(std::string_view bytes) {
     return encode64(bytes, kUrl, false);
 }
 std::optional<std::string> base64url_decode(std::string_view text) {
-    return decode64(text, kUrl);
+    return decode64(text, kUrl, true);
 }
 
 // ---- scopes -------------------------------------------------------------------------------------
@@ -377,7 +383,7 @@ std::optional<std::string_view> credentials_of(const http::Request& request,
 std::optional<std::pair<std::string, std::string>> basic_credentials(const http::Request& request) {
     auto value = credentials_of(request, "Basic");
     if (!value) return std::nullopt;
-    auto decoded = decode64(*value, kStd);
+    auto decoded = decode64(*value, kStd, false);
     if (!decoded) return std::nullopt;
     auto colon = decoded->find(':');
     if (colon == std::string::npos) return std::nullopt;
@@ -394,7 +400,7 @@ Identity Authenticator::identify(const http::Request& request) {
     while (!value.empty() && value.front() == ' ')
         value.remove_prefix(1);
     if (http::iequals(scheme, "Basic")) {
-        auto decoded = decode64(value, kStd);
+        auto decoded = decode64(value, kStd, false);
         auto colon = decoded ? decoded->find(':') : std::string::npos;
         if (!decoded || colon == std::string::npos) {
             id.kind = Identity::Kind::bad_credentials;

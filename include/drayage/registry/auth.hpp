@@ -150,7 +150,10 @@ Result<TokenClaims> verify_token(std::string_view token, std::string_view key,
                                  std::string_view issuer, std::string_view audience,
                                  std::int64_t now, std::int64_t leeway = 5);
 
-// base64url without padding, and back (nullopt on a bad character). Exposed for tests.
+// base64url without padding, and back. Decoding takes only the one encoding base64url_encode
+// makes of some bytes (so a token has exactly one spelling): nullopt on padding, a character
+// outside the base64url alphabet, a length that no byte string encodes to, or unused low bits of
+// the last character that are not zero. Exposed for tests.
 std::string base64url_encode(std::string_view bytes);
 std::optional<std::string> base64url_decode(std::string_view text);
 
