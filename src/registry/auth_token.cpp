@@ -55,8 +55,11 @@ std::string encode64(std::string_view bytes, std::string_view alphabet, bool pad
     return out;
 }
 
-std::optional<std::string> decode64(std::string_view text, std::string_view alphabet) {
-    while (!text.empty() && text.back() == '=')
+// `canonical`: only the encoding encode64(.., false) makes (no padding, zero unused bits), so
+// that a token has one spelling; otherwise trailing padding is skipped (Basic credentials).
+std::optional<std::string> decode64(std::string_view text, std::string_view alphabet,
+                                    bool canonical) {
+    while (!canonical && !text.empty() && text.back() == '=')
         text.remove_suffix(1);
     std::string out;
     unsigned v = 0;
@@ -72,6 +75,9 @@ std::optional<std::string> decode64(std::string_view text, std::string_view alph
         }
     }
     if (bits >= 6) return std::nullopt;  // one stray character cannot be a whole byte
+    // The last character's low `bits` bits belong to no byte: another value there would be a
+    // second spelling of the same bytes.
+    if (canonical && (v & ((1U << bits) - 1)) != 0) return std::nullopt;
     return out;
 }
 
@@ -152,7 +158,7 @@ std::string base64url_encode(std::string_view bytes) {
     return encode64(bytes, kUrl, false);
 }
 std::optional<std::string> base64url_decode(std::string_view text) {
-    return decode64(text, kUrl);
+    return decode64(text, kUrl, true);
 }
 
 // ---- scopes -------------------------------------------------------------------------------------
@@ -185,6 +191,16 @@ std::vector<ResourceAccess> parse_scopes(std::string_view scopes, bool docker_hu
         out.push_back(std::move(a));
     }
     return out;
+}
+
+std::size_t count_scopes(std::string_view scopes) {
+    std::size_t n = 0;
+    while (!scopes.empty()) {
+        std::string_view one = scopes.substr(0, scopes.find(' '));
+        scopes.remove_prefix(std::min(scopes.size(), one.size() + 1));
+        if (!one.empty()) ++n;
+    }
+    return n;
 }
 
 std::string scope_string(const ResourceAccess& access) {
@@ -377,7 +393,7 @@ std::optional<std::string_view> credentials_of(const http::Request& request,
 std::optional<std::pair<std::string, std::string>> basic_credentials(const http::Request& request) {
     auto value = credentials_of(request, "Basic");
     if (!value) return std::nullopt;
-    auto decoded = decode64(*value, kStd);
+    auto decoded = decode64(*value, kStd, false);
     if (!decoded) return std::nullopt;
     auto colon = decoded->find(':');
     if (colon == std::string::npos) return std::nullopt;
@@ -394,7 +410,7 @@ Identity Authenticator::identify(const http::Request& request) {
     while (!value.empty() && value.front() == ' ')
         value.remove_prefix(1);
     if (http::iequals(scheme, "Basic")) {
-        auto decoded = decode64(value, kStd);
+        auto decoded = decode64(value, kStd, false);
         auto colon = decoded ? decoded->find(':') : std::string::npos;
         if (!decoded || colon == std::string::npos) {
             id.kind = Identity::Kind::bad_credentials;
@@ -512,22 +528,37 @@ void Authenticator::challenge_basic(http::Exchange& ex, std::string_view message
 
 namespace {
 
-// Too many password checks pending (Authenticator::kMaxPendingChecks): retry shortly.
-void token_busy(http::Exchange& e) {
+// The token endpoint's error bodies: OAuth2's `error` (RFC 6749 5.2) for OAuth2 clients and a
+// Registry API `errors` list for the rest.
+std::string token_error(std::string_view oauth, std::string_view code, std::string_view why) {
+    return dump(json{{"error", oauth},
+                     {"error_description", why},
+                     {"errors", json::array({{{"code", code}, {"message", why}}})}});
+}
+
+// Too many password or pass-through checks waiting: retry shortly.
+void token_busy(http::Exchange& e, std::string_view why) {
     e.respond(503, {{"Content-Type", "application/json"}, {"Retry-After", "1"}},
-              dump(json{{"error", "temporarily_unavailable"},
-                        {"error_description", "too many password checks in progress"}}));
+              token_error("temporarily_unavailable", "UNAVAILABLE", why));
 }
 
 void refuse_token(http::Exchange& e, const std::string& service, std::string_view why) {
     spdlog::info("auth: token refused for {}: {}", e.request().peer, why);
-    e.respond(
-        401,
-        {{"Content-Type", "application/json"},
-         {"WWW-Authenticate", "Basic realm=\"" + service + "\""}},
-        dump(json{
-            {"error", "invalid_grant"},
-            {"errors", json::array({{{"code", "UNAUTHORIZED"}, {"message", std::string(why)}}})}}));
+    e.respond(401,
+              {{"Content-Type", "application/json"},
+               {"WWW-Authenticate", "Basic realm=\"" + service + "\""}},
+              token_error("invalid_grant", "UNAUTHORIZED", why));
+}
+
+// Over kMaxTokenScopes: answered before any password or upstream check. False when within.
+bool too_many_scopes(http::Exchange& e, std::size_t asked) {
+    if (asked <= kMaxTokenScopes) return false;
+    std::string why = "a token request may name at most " + std::to_string(kMaxTokenScopes) +
+                      " scopes; this one names " + std::to_string(asked);
+    spdlog::info("auth: token request from {} refused: {}", e.request().peer, why);
+    e.respond(400, {{"Content-Type", "application/json"}},
+              token_error("invalid_scope", "UNSUPPORTED", why));
+    return true;
 }
 
 void add_action(std::vector<ResourceAccess>& granted, const ResourceAccess& scope,
@@ -563,15 +594,19 @@ void Authenticator::grant(const std::shared_ptr<http::Exchange>& ex, const Princ
     struct Gather {
         std::size_t left = 0;
         std::vector<ResourceAccess> approved;
+        bool busy = false;
     };
     auto g = std::make_shared<Gather>();
     g->left = ask.size();
     for (const std::string& repo : ask) {
         upstream_access_->check(
-            creds->first, creds->second, repo, "latest", false,
-            [this, ex, who, local, want, oauth, with_refresh, g, repo](bool ok) {
-                if (ok) g->approved.push_back(ResourceAccess{"repository", repo, {"pull"}});
+            ex->request().peer, creds->first, creds->second, repo, "latest", false,
+            [this, ex, who, local, want, oauth, with_refresh, g, repo](PassthroughVerdict v) {
+                if (v == PassthroughVerdict::allowed)
+                    g->approved.push_back(ResourceAccess{"repository", repo, {"pull"}});
+                g->busy = g->busy || v == PassthroughVerdict::busy;
                 if (--g->left > 0 || ex->closed()) return;
+                if (g->busy) return token_busy(*ex, "too many pass-through checks waiting");
                 if (!local && g->approved.empty())
                     return refuse_token(*ex, config_.token_service,
                                         "credentials refused here and by the upstream");
@@ -667,10 +702,14 @@ void Authenticator::token_get(const std::shared_ptr<http::Exchange>& ex) {
 void Authenticator::handle_token(const std::shared_ptr<http::Exchange>& ex) {
     const http::Request& req = ex->request();
     if (req.method == "GET") {
+        std::size_t asked = 0;
+        for (const auto& [k, v] : parse_form(req.query))
+            if (k == "scope") asked += count_scopes(v);
+        if (too_many_scopes(*ex, asked)) return;
         // The credentials are checked off the loop first when they are new (prepare()).
         return prepare(req, [this, ex](bool ready) {
             if (ex->closed()) return;
-            if (!ready) return token_busy(*ex);
+            if (!ready) return token_busy(*ex, "too many password checks in progress");
             token_get(ex);
         });
     }
@@ -694,6 +733,10 @@ void Authenticator::handle_token(const std::shared_ptr<http::Exchange>& ex) {
             return e->respond(
                 400, {{"Content-Type", "application/json"}},
                 dump(json{{"error", "invalid_request"}, {"error_description", "unknown service"}}));
+        std::size_t asked = 0;
+        for (auto [it, end] = f.equal_range("scope"); it != end; ++it)
+            asked += count_scopes(it->second);
+        if (too_many_scopes(*e, asked)) return;
         auto want = parse_scopes(first(f, "scope"), policy_.docker_hub());
         if (grant_type == "password") {
             std::string user = first(f, "username");
@@ -703,7 +746,7 @@ void Authenticator::handle_token(const std::shared_ptr<http::Exchange>& ex) {
                 user, password,
                 [this, e, user, password, want = std::move(want)](bool ready) mutable {
                     if (e->closed()) return;
-                    if (!ready) return token_busy(*e);
+                    if (!ready) return token_busy(*e, "too many password checks in progress");
                     bool local = check_basic(user, password);
                     grant(e, Principal{user, local}, local, std::make_pair(user, password),
                           std::move(want), true, true);

@@ -832,20 +832,26 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
         bool blob = r.endpoint == Endpoint::blob;
         auto self = shared_from_this();
         std::string user = creds->first;
-        deps.upstream_access->check(creds->first, creds->second, r.name, reference, blob,
-                                    [self, ex, r, user](bool ok) {
-                                        if (ex->closed()) return;
-                                        if (!ok) {
-                                            ex->set_outcome("denied:passthrough");
-                                            return self->deps.auth->challenge_basic(
-                                                *ex, "the upstream registry refused access");
-                                        }
-                                        ex->set_user(user);
-                                        Identity who;
-                                        who.kind = Identity::Kind::basic;
-                                        who.principal = Principal{user, true};
-                                        self->dispatch(ex, r, who);
-                                    });
+        deps.upstream_access->check(
+            ex->request().peer, creds->first, creds->second, r.name, reference, blob,
+            [self, ex, r, user](PassthroughVerdict verdict) {
+                if (ex->closed()) return;
+                if (verdict == PassthroughVerdict::busy) {
+                    ex->set_outcome("denied:busy");
+                    return send_error(*ex, 503, "UNAVAILABLE",
+                                      "too many pass-through checks waiting; retry shortly");
+                }
+                if (verdict != PassthroughVerdict::allowed) {
+                    ex->set_outcome("denied:passthrough");
+                    return self->deps.auth->challenge_basic(*ex,
+                                                            "the upstream registry refused access");
+                }
+                ex->set_user(user);
+                Identity who;
+                who.kind = Identity::Kind::basic;
+                who.principal = Principal{user, true};
+                self->dispatch(ex, r, who);
+            });
     }
 
     void authorize(const std::shared_ptr<Exchange>& ex, std::string_view repo, Action action,

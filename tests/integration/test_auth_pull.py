@@ -232,8 +232,17 @@ def test_oauth2_password_and_refresh_grants(mirror, upstream):
     assert r.status_code == 401 and "access_token" not in r.json()
 
 
+B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def respelled(token: str) -> str:
+    """The same token with the last character of its signature changed in an unused low bit:
+    the same bytes, spelled another way."""
+    return token[:-1] + B64URL[B64URL.index(token[-1]) ^ 1]
+
+
 @pytest.mark.parametrize("case", ["good", "aud", "iss", "expired", "signature", "other-scope",
-                                  "alg-none", "push-only"])
+                                  "alg-none", "push-only", "padded", "respelled"])
 def test_forged_tokens_are_rejected(mirror, upstream, case):
     layer = upstream.private.layers[0]
     now = int(time.time())
@@ -249,6 +258,9 @@ def test_forged_tokens_are_rejected(mirror, upstream, case):
                                         "exp": now + 300, "access": []}, None, algorithm="none"),
         "push-only": lambda: forge(access=[{"type": "repository", "name": "private/app",
                                             "actions": ["push"]}]),
+        # A good token spelled another way: one token, one encoding.
+        "padded": lambda: forge() + "==",
+        "respelled": lambda: respelled(forge()),
     }[case]()
     r = requests.get(f"{mirror.url}/v2/private/app/blobs/{layer.digest}",
                      headers={"Authorization": "Bearer " + tok})

@@ -253,7 +253,8 @@ def test_token_auth_wrong_password(tool, token_registry):
     reg, tokens, image = token_registry
     r = one(tool, reg.url, "--user", "alice", "--password", "bad", "manifest", "team/app", "v1",
             "--accept", ALL_MANIFESTS)
-    assert (r["ok"], r["code"]) == (False, "UNAUTHORIZED")
+    # The token endpoint refused the credentials themselves (not one repository).
+    assert (r["ok"], r["code"], r["status"]) == (False, "TOKEN_REFUSED", 401)
     assert "token endpoint" in r["message"]
     assert len(tokens.token_requests(status=401)) == 1
 

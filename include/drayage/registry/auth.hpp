@@ -20,6 +20,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -122,6 +123,13 @@ struct ResourceAccess {
 // space-separated). Malformed entries and repository names that do not normalise are skipped:
 // a scope asks, it never grants.
 std::vector<ResourceAccess> parse_scopes(std::string_view scopes, bool docker_hub);
+// The number of space-separated entries in `scopes`, malformed ones included: what a token
+// request asks for, counted against kMaxTokenScopes before anything is checked.
+std::size_t count_scopes(std::string_view scopes);
+// At most this many scopes per token request (all `scope` parameters together); more is 400,
+// answered before any password or upstream check. docker, containerd and skopeo ask for one to
+// three; each pass-through scope costs upstream round trips.
+constexpr std::size_t kMaxTokenScopes = 32;
 std::string scope_string(const ResourceAccess& access);
 
 struct TokenClaims {
@@ -150,7 +158,10 @@ Result<TokenClaims> verify_token(std::string_view token, std::string_view key,
                                  std::string_view issuer, std::string_view audience,
                                  std::int64_t now, std::int64_t leeway = 5);
 
-// base64url without padding, and back (nullopt on a bad character). Exposed for tests.
+// base64url without padding, and back. Decoding takes only the one encoding base64url_encode
+// makes of some bytes (so a token has exactly one spelling): nullopt on padding, a character
+// outside the base64url alphabet, a length that no byte string encodes to, or unused low bits of
+// the last character that are not zero. Exposed for tests.
 std::string base64url_encode(std::string_view bytes);
 std::optional<std::string> base64url_decode(std::string_view text);
 
@@ -238,7 +249,9 @@ public:
     // The token endpoint: GET and POST /auth/token. Requested pull scopes of pass-through
     // repositories that the rules do not grant are checked with `set_upstream_access`'s checker
     // and the client's credentials (which need not be in the htpasswd file); a token carrying
-    // such a grant lives at most auth.passthrough_ttl.
+    // such a grant lives at most auth.passthrough_ttl. More than kMaxTokenScopes scopes: 400,
+    // before any password or upstream check. Pass-through checks that could not get a turn
+    // (PassthroughVerdict::busy): 503 with Retry-After.
     void handle_token(const std::shared_ptr<http::Exchange>& ex);
     void set_upstream_access(UpstreamAccessCheck* check) { upstream_access_ = check; }
 
@@ -290,26 +303,86 @@ private:
     std::unique_ptr<Verifier, VerifierStop> verifier_;
 };
 
+// Who runs next among the pass-through checks: at most `running` at a time in all and
+// `running_per_client` for one client address, taking turns between addresses (one with many
+// checks waiting cannot starve one with a single check). At most `waiting_per_client` checks of
+// one address and `waiting` in all wait for their turn; submit() refuses more. Pure bookkeeping:
+// no I/O, no clock. Jobs run inside submit() or finish() and may call both (re-entrantly).
+class PassthroughQueue {
+public:
+    struct Limits {
+        std::size_t running = 0;
+        std::size_t running_per_client = 0;
+        std::size_t waiting = 0;
+        std::size_t waiting_per_client = 0;
+    };
+    using Job = std::function<void()>;
+
+    explicit PassthroughQueue(Limits limits) : limits_(limits) {}
+
+    // Queues `job` for `client` and starts whatever may start, `job` perhaps among them before
+    // this returns. false: too many checks wait already (of `client` or in all); `job` dropped.
+    bool submit(const std::string& client, Job job);
+    // A started job of `client` is done: starts the next.
+    void finish(const std::string& client);
+
+    std::size_t running() const { return running_; }
+    std::size_t waiting() const { return waiting_; }
+
+private:
+    void pump();
+    struct Client {
+        std::size_t running = 0;
+        std::deque<Job> waiting;
+    };
+    Limits limits_;
+    std::map<std::string, Client> clients_;
+    std::deque<std::string> turns_;  // addresses with checks waiting, each once, in turn order
+    std::size_t running_ = 0;
+    std::size_t waiting_ = 0;
+    bool pumping_ = false;
+};
+
+enum class PassthroughVerdict {
+    allowed,
+    denied,
+    busy,  // too many checks wait already: not asked, not cached; the client should retry
+};
+
 // auth.passthrough: the upstream decides whether a client may pull a repository, with the
-// client's own Basic credentials. A check runs a separate upstream client (its own token flow for
-// `repository:<name>:pull` with those credentials) and HEADs what the request names (a manifest
-// or a blob) in that repository: 200 or 404 means the credentials may read the repository (a 404
-// comes after the registry's access check), 401/403 means they may not. Definite answers, both
-// ways, are cached under an HMAC of (user, password, repository) for `ttl` (<= 60 s); any other
+// client's own Basic credentials. A check HEADs what the request names (a manifest or a blob) in
+// that repository upstream as the client (the upstream token flow for `repository:<name>:pull`
+// with those credentials): 200 or 404 means the credentials may read the repository (a 404 comes
+// after the registry's access check), 401/403 means they may not. Definite answers, both ways,
+// are cached under an HMAC of (user, password, repository) for `ttl` (<= 60 s); a 401 from the
+// upstream's token endpoint refuses the credentials for every repository for `ttl`, so a wrong
+// password costs the upstream nothing more, however many repositories it names. Any other
 // outcome (unreachable, timeout, 5xx, a broken token endpoint) denies and is not cached: the check
 // fails closed. Concurrent checks of one key share one upstream round trip.
+//
+// Every check goes through one UpstreamRegistry (one learned challenge, curl's connection pool)
+// and the PassthroughQueue with the limits below: a token request naming many repositories, or
+// many clients at once, keep at most kMaxRunning checks (kMaxRunningPerClient per address) in
+// flight upstream.
 class UpstreamAccessCheck {
 public:
+    static constexpr std::size_t kMaxRunning = 16;
+    static constexpr std::size_t kMaxRunningPerClient = 4;
+    static constexpr std::size_t kMaxWaiting = 2048;
+    static constexpr std::size_t kMaxWaitingPerClient = 4 * kMaxTokenScopes;
+
     UpstreamAccessCheck(net::CurlLoop& loop, config::UpstreamConfig upstream,
                         std::chrono::seconds ttl);
     ~UpstreamAccessCheck();  // pending callbacks are dropped, never called
     UpstreamAccessCheck(const UpstreamAccessCheck&) = delete;
     UpstreamAccessCheck& operator=(const UpstreamAccessCheck&) = delete;
 
+    // `client` is the request's peer (http::Request::peer, "ip:port"; the port is ignored).
     // `reference` is a manifest tag/digest, or with `blob` a blob digest. `done` runs on the
     // loop, possibly before check() returns (cached answers).
-    void check(std::string_view user, std::string_view password, const std::string& repo,
-               const std::string& reference, bool blob, std::function<void(bool)> done);
+    void check(std::string_view client, std::string_view user, std::string_view password,
+               const std::string& repo, const std::string& reference, bool blob,
+               std::function<void(PassthroughVerdict)> done);
 
     struct Impl;
 

@@ -13,7 +13,9 @@
 //   UNREACHABLE      no connection (refused, DNS, connect timeout), or no upstream configured
 //   TIMEOUT          no response head within response_timeout, or the body stalled
 //   INTERRUPTED      the connection broke after the response head (mid-body)
-//   UNAUTHORIZED     401 after authenticating, token endpoint refused us or answered garbage
+//   UNAUTHORIZED     401 after authenticating, or a token endpoint answering 403 or garbage
+//   TOKEN_REFUSED    the token endpoint answered 401 (status 401): it refused the credentials
+//                    themselves, whatever the repository
 //   NOT_FOUND        404
 //   TOOMANYREQUESTS  429 (Docker Hub's pull rate limit)
 //   UPSTREAM_<n>     any other non-2xx status n (e.g. UPSTREAM_503, UPSTREAM_403)
@@ -66,6 +68,14 @@ struct UpstreamListing {
     std::string body;
 };
 
+// Credentials for one operation in place of upstream.username/password (a pass-through access
+// check asks as the client). A token fetched with them serves only the operations that waited
+// for that fetch and is never stored, so no operation with other credentials can pick it up.
+struct UpstreamCredentials {
+    std::string username;
+    std::string password;
+};
+
 // Inclusive byte range of a blob; `last` absent means to the end.
 struct ByteRange {
     std::uint64_t first = 0;
@@ -113,17 +123,20 @@ public:
 
     // HEAD /v2/<repo>/manifests/<reference>. `accept` is sent as the Accept header (pass the
     // client's, or the list of manifest types drayage understands). Does not count against
-    // Docker Hub's pull rate limit.
+    // Docker Hub's pull rate limit. With `as`, asks with those credentials instead.
     void head_manifest(std::string_view repo, std::string_view reference, std::string_view accept,
-                       Done<UpstreamManifest> done);
+                       Done<UpstreamManifest> done,
+                       std::optional<UpstreamCredentials> as = std::nullopt);
 
     // GET /v2/<repo>/manifests/<reference>, at most kMaxManifestBytes. When `reference` is a
     // digest, the body is checked against it (DIGEST_MISMATCH).
     void get_manifest(std::string_view repo, std::string_view reference, std::string_view accept,
                       Done<UpstreamManifest> done);
 
-    // HEAD /v2/<repo>/blobs/<digest>, following redirects.
-    void head_blob(std::string_view repo, std::string_view digest, Done<UpstreamBlobHead> done);
+    // HEAD /v2/<repo>/blobs/<digest>, following redirects. With `as`, asks with those
+    // credentials instead.
+    void head_blob(std::string_view repo, std::string_view digest, Done<UpstreamBlobHead> done,
+                   std::optional<UpstreamCredentials> as = std::nullopt);
 
     // GET /v2/<repo>/blobs/<digest> (with Range when `range` is set), streamed with flow control,
     // following redirects (307 to S3/CDN) without sending Authorization to another host. No

@@ -158,12 +158,14 @@ struct UpstreamRegistry::Impl {
     std::string token_key(const std::string& scope) const {
         return realm + ' ' + service + ' ' + scope;
     }
-    std::string basic_header() const {
-        return "Basic " + base64(cfg.username + ":" + cfg.password);
+    static std::string basic_header(const UpstreamCredentials& c) {
+        return "Basic " + base64(c.username + ":" + c.password);
     }
 
     std::shared_ptr<Exchange> make(std::string op, std::string method, std::string url);
-    void fetch_token(const std::string& key, const std::string& scope);
+    // `keep`: store the token for later operations (not for an operation's own credentials).
+    void fetch_token(const std::string& key, const std::string& scope,
+                     const UpstreamCredentials& creds, bool keep);
 };
 
 // One operation. Lifetime: owned by Impl::live until it finishes (or by the caller's BlobFetch
@@ -187,6 +189,7 @@ public:
     bool follow_redirects = false;
     bool stream = false;    // body goes to `blob` handlers instead of being buffered
     std::uint64_t cap = 0;  // buffered body limit
+    std::optional<UpstreamCredentials> as;  // this operation's own credentials
     std::function<void(Result<Reply>)> on_reply;
     BlobHandlers blob;
 
@@ -253,6 +256,10 @@ private:
         }
     }
 
+    UpstreamCredentials credentials() const {
+        return as ? *as : UpstreamCredentials{impl_->cfg.username, impl_->cfg.password};
+    }
+
     // Picks the credentials the registry asked for, then sends.
     void authorize_and_send() {
         auto* impl = impl_;
@@ -260,11 +267,15 @@ private:
             send({});
             return;
         }
+        UpstreamCredentials creds = credentials();
         if (impl->scheme == UpstreamRegistry::Impl::Scheme::kBasic) {
-            send(impl->cfg.username.empty() ? std::string() : impl->basic_header());
+            send(creds.username.empty() ? std::string() : impl->basic_header(creds));
             return;
         }
+        // An operation's own credentials get a fetch of their own (joined only by operations
+        // with the same credentials), and its token is not stored.
         std::string key = impl->token_key(scope);
+        if (as) key += '\n' + as->username + '\0' + as->password;
         std::weak_ptr<Exchange> weak = weak_from_this();
         std::string token;
         auto waiter = [weak, key](Result<std::string> got) {
@@ -284,7 +295,9 @@ private:
                 sent_token_ = token;
                 send("Bearer " + token);
                 break;
-            case TokenCache::Lookup::kFetch: impl->fetch_token(key, scope); break;
+            case TokenCache::Lookup::kFetch:
+                impl->fetch_token(key, scope, creds, !as.has_value());
+                break;
             case TokenCache::Lookup::kWait: break;
         }
     }
@@ -296,6 +309,7 @@ private:
         retry_after_401_ = false;
         delivering_ = false;
         paused_ = false;
+        sent_credentials_ = !authorization.empty();
 
         net::CallOptions o;
         o.method = method_;
@@ -333,8 +347,10 @@ private:
             job_ = Job::kNone;
         }
         head_ = r;
-        // The first 401 of an authenticating exchange is a challenge to answer, not a result.
-        if (r.status == 401 && !scope.empty() && attempt_ == 0) {
+        // The first 401 of an authenticating exchange is a challenge to answer, not a result;
+        // except for an operation's own credentials, used fresh (their tokens are never stored,
+        // so none can be stale): a 401 to them is the answer.
+        if (r.status == 401 && !scope.empty() && attempt_ == 0 && !(as && sent_credentials_)) {
             retry_after_401_ = true;
             return true;
         }
@@ -452,9 +468,9 @@ private:
             authorize_and_send();
             return;
         }
-        if (basic != nullptr && !impl->cfg.username.empty()) {
+        if (basic != nullptr && !credentials().username.empty()) {
             impl->scheme = UpstreamRegistry::Impl::Scheme::kBasic;
-            send(impl->basic_header());
+            send(impl->basic_header(credentials()));
             return;
         }
         Error e = upstream_status_error(401, body_, fmt::format("{} {}", method_, url_));
@@ -528,6 +544,7 @@ private:
     std::string body_;
     bool got_head_ = false;
     bool retry_after_401_ = false;
+    bool sent_credentials_ = false;
     bool delivering_ = false;
     bool paused_ = false;
     bool aborted_by_consumer_ = false;
@@ -550,7 +567,8 @@ std::shared_ptr<Exchange> UpstreamRegistry::Impl::make(std::string op, std::stri
     return ex;
 }
 
-void UpstreamRegistry::Impl::fetch_token(const std::string& key, const std::string& scope) {
+void UpstreamRegistry::Impl::fetch_token(const std::string& key, const std::string& scope,
+                                         const UpstreamCredentials& creds, bool keep) {
     ++token_fetches;
     // GET realm?service=S&scope=A&scope=B (a challenge may name several scopes, space-separated).
     std::string url = realm + (realm.find('?') == std::string::npos ? '?' : '&');
@@ -566,19 +584,22 @@ void UpstreamRegistry::Impl::fetch_token(const std::string& key, const std::stri
     ex->cap = kMaxTokenBody;
     ex->follow_redirects = true;
     ex->headers.emplace_back("Accept", "application/json");
-    if (!cfg.username.empty()) ex->headers.emplace_back("Authorization", basic_header());
-    ex->on_reply = [this, key](Result<Reply> r) {
+    if (!creds.username.empty()) ex->headers.emplace_back("Authorization", basic_header(creds));
+    ex->on_reply = [this, key, keep](Result<Reply> r) {
         if (!r) {
             Error e = r.error();
-            // 401/403 from the token endpoint: bad credentials or no access at all. Other
-            // failures (down, 5xx) keep their own code: retrying later may help.
-            if (e.status == 401 || e.status == 403) e.code = "UNAUTHORIZED";
+            // 401 from the token endpoint: the credentials are refused, for any scope (a scope
+            // they may not read gets a token without that access). 403: no access at all.
+            // Other failures (down, 5xx) keep their own code: retrying later may help.
+            if (e.status == 401) e.code = "TOKEN_REFUSED";
+            if (e.status == 403) e.code = "UNAUTHORIZED";
             e.message = "token endpoint: " + e.message;
             tokens.complete(key, std::move(e), steady_clock::now());
             return;
         }
-        tokens.complete(key, parse_token_response(r->body, std::chrono::system_clock::now()),
-                        steady_clock::now());
+        auto grant = parse_token_response(r->body, std::chrono::system_clock::now());
+        if (grant && !keep) grant->lifetime = std::chrono::seconds(0);  // used once, not stored
+        tokens.complete(key, std::move(grant), steady_clock::now());
     };
     ex->start();
 }
@@ -616,10 +637,12 @@ UpstreamManifest manifest_from(const Reply& r, bool with_body) {
 }  // namespace
 
 void UpstreamRegistry::head_manifest(std::string_view repo, std::string_view reference,
-                                     std::string_view accept, Done<UpstreamManifest> done) {
+                                     std::string_view accept, Done<UpstreamManifest> done,
+                                     std::optional<UpstreamCredentials> as) {
     auto ex = impl_->make("manifest_head", "HEAD",
                           fmt::format("{}/v2/{}/manifests/{}", impl_->base, repo, reference));
     ex->scope = repo_scope(repo);
+    ex->as = std::move(as);
     if (!accept.empty()) ex->headers.emplace_back("Accept", std::string(accept));
     ex->on_reply = [done = std::move(done)](Result<Reply> r) {
         if (!r) return done(r.error());
@@ -654,10 +677,12 @@ void UpstreamRegistry::get_manifest(std::string_view repo, std::string_view refe
 }
 
 void UpstreamRegistry::head_blob(std::string_view repo, std::string_view digest,
-                                 Done<UpstreamBlobHead> done) {
+                                 Done<UpstreamBlobHead> done,
+                                 std::optional<UpstreamCredentials> as) {
     auto ex = impl_->make("blob_head", "HEAD",
                           fmt::format("{}/v2/{}/blobs/{}", impl_->base, repo, digest));
     ex->scope = repo_scope(repo);
+    ex->as = std::move(as);
     ex->follow_redirects = true;
     ex->on_reply = [done = std::move(done)](Result<Reply> r) {
         if (!r) return done(r.error());

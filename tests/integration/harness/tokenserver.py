@@ -18,7 +18,9 @@ credentials get the `anonymous` grants. Access maps repository names (or fnmatch
 access has "catalog": ["*"].
 
 Knobs for client tests: `expires_in`, `token_fields` (which of "token"/"access_token" to send),
-`send_expires_in`, `send_issued_at`.
+`send_expires_in`, `send_issued_at`. For counting concurrency: `hold()` keeps every token request
+waiting (connection open) until `release()`; `in_flight()` and `max_in_flight` count requests
+(each its own connection: the server speaks HTTP/1.0) being answered now and at most so far.
 """
 import base64
 import datetime
@@ -69,6 +71,10 @@ class TokenServer:
         self._lock = threading.Lock()
         self._requests = []
         self._server = None
+        self._gate = threading.Event()
+        self._gate.set()
+        self._in_flight = 0
+        self.max_in_flight = 0
         self._make_key()
 
     @property
@@ -151,6 +157,17 @@ class TokenServer:
             return [{k: v for k, v in r.items() if k != "_logged"} for r in self._requests
                     if status is None or r["status"] == status]
 
+    def hold(self) -> None:
+        """Token requests wait (for at most 120 s) until release()."""
+        self._gate.clear()
+
+    def release(self) -> None:
+        self._gate.set()
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return self._in_flight
+
     def start(self) -> "TokenServer":
         owner = self
 
@@ -162,6 +179,7 @@ class TokenServer:
                 # Record before answering: a client may read the answer, exit, and the test look
                 # at token_requests() before this thread would get to a record made afterwards.
                 self._log_record()
+                self._leave()
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -179,6 +197,25 @@ class TokenServer:
                         owner._requests.append(record)
 
             def do_GET(self):
+                with owner._lock:
+                    owner._in_flight += 1
+                    owner.max_in_flight = max(owner.max_in_flight, owner._in_flight)
+                self._counted = True
+                try:
+                    owner._gate.wait(timeout=120)
+                    self._token()
+                finally:
+                    self._leave()
+
+            def _leave(self):
+                # Before the answer is sent: the client cannot start its next request while this
+                # one still counts.
+                if getattr(self, "_counted", False):
+                    self._counted = False
+                    with owner._lock:
+                        owner._in_flight -= 1
+
+            def _token(self):
                 url = urllib.parse.urlsplit(self.path)
                 query = urllib.parse.parse_qs(url.query)
                 scopes = []

@@ -169,6 +169,50 @@ TEST_CASE("base64url round trips") {
     CHECK_FALSE(base64url_decode("a+b").has_value());
 }
 
+TEST_CASE("base64url decodes only the one encoding of some bytes") {
+    CHECK(*base64url_decode("Zm9v") == "foo");
+    CHECK(*base64url_decode("Zg") == "f");    // 2 characters: 1 byte, 4 unused bits
+    CHECK(*base64url_decode("Zm8") == "fo");  // 3 characters: 2 bytes, 2 unused bits
+    // Padding, in any amount.
+    for (const char* s : {"Zg==", "Zg=", "Zm8=", "Zm9v=", "Zm9v==", "="}) {
+        INFO(s);
+        CHECK_FALSE(base64url_decode(s).has_value());
+    }
+    // Characters outside the base64url alphabet, the standard alphabet's included.
+    for (const char* s : {"Zm9+", "Zm9/", "Zm 9v", "Zm9v\n", "Zm.9"}) {
+        INFO(s);
+        CHECK_FALSE(base64url_decode(s).has_value());
+    }
+    // Nonzero unused low bits: "Zh".."Zv" and "Zm9".."Zm_" would decode to "f" and "fo" too.
+    for (const char* s : {"Zh", "Zv", "Zm9", "Zm_"}) {
+        INFO(s);
+        CHECK_FALSE(base64url_decode(s).has_value());
+    }
+    CHECK_FALSE(base64url_decode("Z").has_value());  // no byte string encodes to 1 character
+}
+
+TEST_CASE("a JWT whose signature is spelled another way is refused") {
+    const std::string key(40, 'k');
+    TokenClaims c;
+    c.iss = "drayage";
+    c.aud = "svc";
+    c.exp = 2000;
+    std::string token = sign_token(c, key);
+    REQUIRE(verify_token(token, key, "drayage", "svc", 1000).ok());
+    // A 32-byte HMAC is 43 characters: the last holds 4 bits of the signature and 2 unused.
+    std::string sig = token.substr(token.rfind('.') + 1);
+    REQUIRE(sig.size() == 43);
+    const std::string alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    std::string low_bit = token;
+    low_bit.back() = alphabet[alphabet.find(token.back()) ^ 1];
+    for (const std::string& t : {token + "==", token + "=", low_bit, token + " ", token + "\n"}) {
+        INFO(t);
+        auto r = verify_token(t, key, "drayage", "svc", 1000);
+        REQUIRE_FALSE(r.ok());
+        CHECK(r.error().code == "TOKEN_INVALID");
+    }
+}
+
 TEST_CASE("path tricks never reach the rules as another repository's name") {
     const std::string digest = "sha256:" + std::string(64, 'a');
     const std::vector<std::string> paths = {"/v2/private%2Fapp/manifests/v1",
