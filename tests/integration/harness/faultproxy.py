@@ -15,6 +15,8 @@ decided per request. Rules are checked in order at each request head; the first 
 
 Configurable while running, from the test's thread:
     proxy.set_rules([Rule("slowdown", share=0.3)]); proxy.rate = 50e6; proxy.stats["slowdown"]
+Every request head that reached the proxy, as sent (bytes), is in `proxy.request_heads()`: what
+a client sent its upstream, credentials included.
 
 Run by hand (for bench/): python3 -m harness.faultproxy --upstream 127.0.0.1:PORT --rate 50e6
 """
@@ -110,12 +112,17 @@ class FaultProxy:
         self._server = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        self._heads: list[bytes] = []
 
     # ---- control (any thread) -------------------------------------------------------------
     def set_rules(self, rules: list[Rule]) -> None:
         with self._lock:
             self._rules = list(rules)
             self._used = {}
+
+    def request_heads(self) -> list[bytes]:
+        with self._lock:
+            return list(self._heads)
 
     def clear(self) -> None:
         self.set_rules([])
@@ -145,6 +152,8 @@ class FaultProxy:
             except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
                 return
             request_line = head.split(b"\r\n", 1)[0].decode(errors="replace")
+            with self._lock:
+                self._heads.append(head)
             rule = self._pick(request_line)
             length = _content_length(head)
             if rule is not None and rule.kind == "slowdown":
