@@ -243,6 +243,9 @@ int serve(const drayage::config::Config& cfg) {
         pass_options.client_scheme = cfg.http.tls.certificate.empty() ? "http" : "https";
         pass_options.connect_timeout = cfg.upstream.connect_timeout;
         pass_options.stall_timeout = cfg.upstream.stall_timeout;
+        pass_options.total_timeout = cfg.upstream.timeout;
+        // With drayage's own realm, clients' credentials stay here; drayage's go upstream.
+        if (cfg.auth) pass_options.credentials = upstream.get();
         passthrough = std::make_unique<registry::Passthrough>(curl, pass_options);
         deps.passthrough = [p = passthrough.get()](std::shared_ptr<http::Exchange> ex) {
             p->handle(ex);

@@ -182,6 +182,7 @@ const std::vector<Key>& keys() {
          MillisKey{DRAYAGE_FIELD(upstream.response_timeout), Millis{1}, kHour}},
         {"upstream.stall_timeout",
          MillisKey{DRAYAGE_FIELD(upstream.stall_timeout), Millis{1}, kHour}},
+        {"upstream.timeout", MillisKey{DRAYAGE_FIELD(upstream.timeout), Millis{1}, kHour}},
 
         {"uploads.session_ttl",
          MillisKey{DRAYAGE_FIELD(uploads.session_ttl), Millis{1'000}, 7 * 24 * kHour}},

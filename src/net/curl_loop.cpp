@@ -254,6 +254,26 @@ std::size_t CurlLoop::running() const {
 // ---------------------------------------------------------------------------------------------
 // HttpCall
 
+namespace {
+
+// URLs reach curl from peers too (a token realm in a 401 challenge, a Location of a redirect), and
+// curl speaks gopher, ftp, smtp, dict, file... by default: a hostile upstream could make drayage
+// send arbitrary bytes to any host and port it can reach, or read local files. Every handle speaks
+// HTTP(S) only, also after redirects; anything else fails with CURLE_UNSUPPORTED_PROTOCOL before a
+// connection is made.
+void restrict_to_http(CURL* easy) {
+#if LIBCURL_VERSION_NUM >= 0x075500  // 7.85.0: the _STR options; the bitmask ones are deprecated
+    curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(easy, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+#else
+    curl_easy_setopt(easy, CURLOPT_PROTOCOLS, static_cast<long>(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+    curl_easy_setopt(easy, CURLOPT_REDIR_PROTOCOLS,
+                     static_cast<long>(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+}
+
+}  // namespace
+
 struct HttpCall::Impl {
     CurlLoop* loop = nullptr;
     CURL* easy = nullptr;
@@ -397,6 +417,7 @@ struct HttpCall::Impl {
 
     void configure() {
         curl_easy_setopt(easy, CURLOPT_URL, options.url.c_str());
+        restrict_to_http(easy);
         curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, errbuf);
         curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, &Impl::on_header);

@@ -1,6 +1,7 @@
 // Forwarding to the registry behind drayage. Contract in include/drayage/registry/passthrough.hpp.
 #include "drayage/registry/passthrough.hpp"
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -10,6 +11,8 @@
 #include <utility>
 
 #include "drayage/http/errors.hpp"
+#include "drayage/registry/routes.hpp"
+#include "drayage/registry/upstream.hpp"
 #include "drayage/util/text.hpp"
 
 namespace drayage::registry {
@@ -43,6 +46,9 @@ struct Forward : std::enable_shared_from_this<Forward> {
     bool upload_paused = false;  // curl's read callback returned kBodyPause
     bool download_paused = false;
     bool done = false;
+    // With drayage's own upstream credentials: the token scope and what was sent.
+    std::string scope;
+    std::string authorization;
 
     std::size_t pending() const { return body.size() - body_taken; }
 
@@ -127,6 +133,18 @@ bool is_hop_by_hop(std::string_view name, std::string_view tokens) {
     return false;
 }
 
+// The token scope drayage's credentials are asked for when it forwards `req`: the repository
+// the path names, with the actions Distribution checks for the method. Empty for paths that
+// name none (they go without credentials).
+std::string credential_scope(const http::Request& req) {
+    auto route = parse_route(req.path);
+    if (!route || route->name.empty()) return {};
+    std::string_view actions = "pull,push";
+    if (req.method == "GET" || req.method == "HEAD") actions = "pull";
+    if (req.method == "DELETE") actions = "delete";
+    return fmt::format("repository:{}:{}", route->name, actions);
+}
+
 struct Passthrough::Impl : std::enable_shared_from_this<Passthrough::Impl> {
     net::CurlLoop& loop;
     PassthroughOptions options;
@@ -137,30 +155,75 @@ struct Passthrough::Impl : std::enable_shared_from_this<Passthrough::Impl> {
     }
 
     void handle(const std::shared_ptr<Exchange>& ex) {
-        const http::Request& req = ex->request();
         if (options.upstream_url.empty()) {
-            respond_error(*ex, 405, "no registry behind drayage to forward to");
+            respond_error(*ex, 405, "UNSUPPORTED", "no registry behind drayage to forward to");
             return;
         }
         auto fw = std::make_shared<Forward>();
         fw->ex = ex;
+        std::weak_ptr<Forward> weak = fw;
+        ex->on_closed([weak] {
+            if (auto f = weak.lock()) f->stop();
+        });
+        std::string scope = options.credentials ? credential_scope(ex->request()) : std::string();
+        if (scope.empty()) return forward(fw, {});
+        auto self = shared_from_this();
+        options.credentials->authorization(scope, [self, fw, scope](Result<std::string> got) {
+            if (fw->done) return;
+            if (!got) {
+                spdlog::warn("passthrough {} {}: no upstream credentials: {}",
+                             fw->ex->request().method, fw->ex->request().path,
+                             got.error().to_string());
+                fw->stop();
+                if (got.error().code == "UNAUTHORIZED") {
+                    return respond_error(*fw->ex, 403, "DENIED",
+                                         "the registry behind drayage refused drayage's upstream "
+                                         "credentials: " +
+                                             got.error().message);
+                }
+                return respond_error(*fw->ex, 502, "UNAVAILABLE",
+                                     "upstream unavailable: " + got.error().message);
+            }
+            fw->scope = scope;
+            fw->authorization = std::move(*got);
+            self->forward(fw, fw->authorization);
+        });
+    }
 
-        net::CallOptions co;
-        co.method = req.method;
-        co.url = options.upstream_url + req.path + (req.query.empty() ? "" : "?" + req.query);
+    // The client's headers that go to the registry: not the hop-by-hop ones, not the
+    // X-Forwarded-* drayage sets itself, never cookies (the client's cookies for drayage are not
+    // the registry's), and with drayage's own credentials not the client's Authorization (with
+    // `auth` on those are credentials of drayage's realm: a password or a drayage token).
+    net::HeaderList forwarded_headers(const http::Request& req) const {
+        net::HeaderList out;
         std::string tokens = connection_tokens(req.headers);
         for (const auto& [k, v] : req.headers) {
             if (is_hop_by_hop(k, tokens) || http::iequals(k, "X-Forwarded-Host") ||
-                http::iequals(k, "X-Forwarded-Proto"))
+                http::iequals(k, "X-Forwarded-Proto") || http::iequals(k, "Cookie") ||
+                (options.credentials && http::iequals(k, "Authorization")))
                 continue;
-            co.headers.emplace_back(k, v);
+            out.emplace_back(k, v);
         }
+        return out;
+    }
+
+    // Sends the request on, with `authorization` (drayage's; empty: none) when credentials are
+    // drayage's, and streams both ways.
+    void forward(const std::shared_ptr<Forward>& fw, const std::string& authorization) {
+        const std::shared_ptr<Exchange>& ex = fw->ex;
+        const http::Request& req = ex->request();
+        net::CallOptions co;
+        co.method = req.method;
+        co.url = options.upstream_url + req.path + (req.query.empty() ? "" : "?" + req.query);
+        co.headers = forwarded_headers(req);
+        if (!authorization.empty()) co.headers.emplace_back("Authorization", authorization);
         std::string host(req.header("Host"));
         if (!host.empty()) co.headers.emplace_back("X-Forwarded-Host", host);
         co.headers.emplace_back("X-Forwarded-Proto", options.client_scheme);
         co.verify_tls = options.verify_tls;
         co.connect_timeout = options.connect_timeout;
         co.stall_timeout = options.stall_timeout;
+        co.total_timeout = options.total_timeout;
         bool has_body = req.has_body();
         if (has_body) {
             std::weak_ptr<Forward> weak = fw;
@@ -174,8 +237,10 @@ struct Passthrough::Impl : std::enable_shared_from_this<Passthrough::Impl> {
         }
 
         net::CallHandlers h;
-        h.on_head = [fw](const net::CallResponse& resp) {
+        auto self = shared_from_this();
+        h.on_head = [self, fw](const net::CallResponse& resp) {
             if (fw->done) return false;
+            if (resp.status == 401 && self->options.credentials) return self->refused(*fw);
             http::HeaderList out;
             std::string rtokens = connection_tokens(resp.headers);
             std::optional<std::uint64_t> length;
@@ -219,7 +284,8 @@ struct Passthrough::Impl : std::enable_shared_from_this<Passthrough::Impl> {
                 if (!fw->ex->head_sent()) {
                     spdlog::warn("passthrough {} {}: upstream failed: {}", fw->ex->request().method,
                                  fw->ex->request().path, st.error().to_string());
-                    respond_error(*fw->ex, 502, "upstream unavailable: " + st.error().message);
+                    respond_error(*fw->ex, 502, "UNAVAILABLE",
+                                  "upstream unavailable: " + st.error().message);
                 } else {
                     fw->ex->abort();
                 }
@@ -237,9 +303,6 @@ struct Passthrough::Impl : std::enable_shared_from_this<Passthrough::Impl> {
             f->download_paused = false;
             f->call->resume_download();
         });
-        ex->on_closed([weak] {
-            if (auto f = weak.lock()) f->stop();
-        });
         if (has_body) {
             http::BodyHandlers bh;
             bh.on_data = [fw](std::string_view data) { fw->on_client_data(data); };
@@ -249,10 +312,29 @@ struct Passthrough::Impl : std::enable_shared_from_this<Passthrough::Impl> {
         }
     }
 
-    static void respond_error(Exchange& ex, int status, const std::string& message) {
+    // The registry answered 401 to a request carrying drayage's credentials (or none). Its
+    // challenge is not passed on: the client would answer it with its credentials for drayage,
+    // sending them to the registry's realm. The client gets 403 instead; a token that was
+    // refused is dropped so the next request fetches a new one. Returns false (ends the call).
+    bool refused(Forward& fw) {
+        if (!fw.authorization.empty())
+            options.credentials->authorization_refused(fw.scope, fw.authorization);
+        spdlog::warn(
+            "passthrough {} {}: the registry behind drayage answered 401 to drayage's "
+            "upstream credentials{}; check upstream.username and its rights there",
+            fw.ex->request().method, fw.ex->request().path,
+            fw.authorization.empty() ? " (none are configured)" : "");
+        fw.stop();
+        respond_error(*fw.ex, 403, "DENIED",
+                      "the registry behind drayage refused drayage's upstream credentials for "
+                      "this request");
+        return false;
+    }
+
+    static void respond_error(Exchange& ex, int status, std::string_view code,
+                              const std::string& message) {
         http::HeaderList h{{"Docker-Distribution-API-Version", "registry/2.0"},
                            {"Content-Type", "application/json"}};
-        std::string_view code = status == 405 ? "UNSUPPORTED" : "UNAVAILABLE";
         ex.respond(status, std::move(h), http::registry_error_body(code, message));
     }
 };

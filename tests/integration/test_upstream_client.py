@@ -544,3 +544,14 @@ def test_rate_limit_is_toomanyrequests(tool):
         assert "pull rate limit" in r["message"]
     finally:
         peer.close()
+
+
+def test_blob_head_digest_other_than_asked_is_dropped(tool):
+    asked = "sha256:" + "6" * 64
+    for sent, kept in [("sha256:" + "7" * 64, ""), ("sha512:" + "7" * 128, ""), (asked, asked)]:
+        peer = FakePeer("reply", _http("200 OK", {"Docker-Content-Digest": sent}, b""))
+        try:
+            r = one(tool, f"http://127.0.0.1:{peer.port}", "head-blob", "a/b", asked)
+            assert r["ok"] and r["digest"] == kept, r
+        finally:
+            peer.close()

@@ -73,7 +73,9 @@ struct UpstreamConfig {
     Seconds max_stale{86'400};  // stale-if-error limit for tag manifests
     Millis connect_timeout{5'000};
     Millis response_timeout{30'000};  // until the response head arrives
-    Millis stall_timeout{30'000};     // body bytes stop arriving for this long
+    Millis stall_timeout{30'000};     // blob body bytes stop arriving for this long
+    // A whole manifest, listing, token or error response, from request to last byte.
+    Millis timeout{60'000};
 };
 
 // Push sessions (blob uploads into the bucket).

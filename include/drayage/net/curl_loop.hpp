@@ -62,7 +62,9 @@ private:
     std::unique_ptr<Impl> impl_;
 };
 
-// How one HTTP request is made.
+// How one HTTP request is made. Only http:// and https:// URLs are followed, the first one and
+// every redirect alike (any other scheme fails the call with a "transport" error, curl code 1,
+// before anything is sent), so a URL a peer hands us cannot make drayage speak another protocol.
 struct CallOptions {
     std::string method = "GET";
     std::string url;

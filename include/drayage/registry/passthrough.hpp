@@ -1,20 +1,30 @@
 // Passthrough: requests drayage does not serve itself (manifest PUT/DELETE, blob DELETE, ...)
 // forwarded to the registry behind it (`upstream.url`), streaming in both directions.
 //
-// The request goes out with the client's method, path and query and its end-to-end headers
-// (Authorization included, so the registry's own auth decides); hop-by-hop headers (Connection
-// and the fields it names, Keep-Alive, Proxy-*, TE, Trailer, Transfer-Encoding, Upgrade, Expect)
-// are dropped, Host is the upstream's, and X-Forwarded-Host / X-Forwarded-Proto carry the
-// client's view, so the registry builds Location URLs that point back at drayage. The response
-// (status, headers incl. Location, WWW-Authenticate, Docker-Content-Digest, and body) comes back
-// unchanged, minus hop-by-hop headers; a 401 challenge is just passed back.
+// The request goes out with the client's method, path and query and its end-to-end headers;
+// hop-by-hop headers (Connection and the fields it names, Keep-Alive, Proxy-*, TE, Trailer,
+// Transfer-Encoding, Upgrade, Expect) and Cookie are dropped, Host is the upstream's, and
+// X-Forwarded-Host / X-Forwarded-Proto carry the client's view, so the registry builds Location
+// URLs that point back at drayage. The response (status, headers incl. Location,
+// Docker-Content-Digest, and body) comes back unchanged, minus hop-by-hop headers.
+//
+// Credentials. Without `credentials` (drayage has no `auth`: an open mirror, no realm of its
+// own) the client's Authorization goes through, so the registry's own auth decides, and a 401
+// challenge is passed back for the client to answer. With `credentials` (drayage is the realm)
+// the client's Authorization never leaves drayage: the request carries drayage's own upstream
+// credentials for the repository the path names (UpstreamRegistry::authorization, scope
+// repository:<name>:pull,push; delete for DELETE; pull for GET/HEAD), or none when none are
+// configured or the path names no repository. A 401 from the registry then becomes 403 DENIED
+// (its challenge is not passed on: the client would send its drayage credentials to the
+// registry's realm); credentials that cannot be had become 403 DENIED (refused) or 502.
 //
 // Flow control: the client's body is read into a small buffer and paused above
 // kBodyHighWatermark until curl has sent it; the response body is paused at curl while the
 // client's socket is full. No body is ever held whole.
 //
-// Errors: the upstream unreachable (no response head): 502 UNAVAILABLE (Registry API body);
-// cut mid-response: the client connection is aborted (never a short body taken for whole).
+// Errors: the upstream unreachable or not complete within total_timeout: 502 UNAVAILABLE
+// (Registry API body) before the response head, else the client connection is aborted (never a
+// short body taken for whole).
 #pragma once
 
 #include <chrono>
@@ -23,6 +33,7 @@
 
 #include "drayage/http/server.hpp"
 #include "drayage/net/curl_loop.hpp"
+#include "drayage/registry/upstream.hpp"
 
 namespace drayage::registry {
 
@@ -32,6 +43,13 @@ struct PassthroughOptions {
     bool verify_tls = true;
     std::chrono::milliseconds connect_timeout{5'000};
     std::chrono::milliseconds stall_timeout{30'000};
+    // The whole exchange, request body to the last response byte (upstream.timeout): what passes
+    // through is manifests and small requests, and a response that never ends must not hold
+    // the client's connection and the upstream's forever.
+    std::chrono::milliseconds total_timeout{60'000};
+    // Set when drayage has its own `auth`: requests carry these credentials, never the
+    // client's. Must outlive the Passthrough.
+    UpstreamRegistry* credentials = nullptr;
 };
 
 class Passthrough {

@@ -7,11 +7,19 @@
 // challenge (`Bearer realm=...,service=...,scope=...` or `Basic`) teaches the client what the
 // registry wants, and from then on requests carry a token for their scope (fetched once per scope,
 // cached until shortly before expiry; see TokenCache) or Basic credentials. A 401 on a request that
-// carried credentials drops the token and retries once; a second 401 is UNAUTHORIZED.
+// carried credentials drops the token and retries once; a second 401 is UNAUTHORIZED. A token
+// realm that is not a plain http(s) URL is never asked (BAD_CHALLENGE), and a token endpoint that
+// fails is forgotten: the next request goes anonymous and learns the challenge anew.
+//
+// Time limits (config::UpstreamConfig): the response head within response_timeout; manifests,
+// listings, token fetches and every error response complete within `timeout` from the request;
+// a 2xx blob body ends when it stalls for stall_timeout. An error body is read up to 64 KiB (for
+// the message), then the connection is closed.
 //
 // Errors (Error::code; Error::status is the upstream HTTP status when there was one):
 //   UNREACHABLE      no connection (refused, DNS, connect timeout), or no upstream configured
-//   TIMEOUT          no response head within response_timeout, or the body stalled
+//   TIMEOUT          no response head within response_timeout, a buffered or error response not
+//                    complete within timeout, or a blob body stalled
 //   INTERRUPTED      the connection broke after the response head (mid-body)
 //   UNAUTHORIZED     401 after authenticating, or a token endpoint answering 403 or garbage
 //   TOKEN_REFUSED    the token endpoint answered 401 (status 401): it refused the credentials
@@ -20,7 +28,9 @@
 //   TOOMANYREQUESTS  429 (Docker Hub's pull rate limit)
 //   UPSTREAM_<n>     any other non-2xx status n (e.g. UPSTREAM_503, UPSTREAM_403)
 //   TOO_LARGE        a manifest or listing over its cap
-//   DIGEST_MISMATCH  a manifest fetched by digest whose bytes hash to another digest
+//   DIGEST_MISMATCH  a manifest whose bytes do not hash to the digest it was asked for, or to the
+//                    Docker-Content-Digest the registry sent (any algorithm drayage knows)
+//   BAD_CHALLENGE    the registry asked for a token from a realm that is not an http(s) URL
 //
 // Every HTTP exchange (token fetches and 401 retries included) counts once in
 // drayage_upstream_requests_total{op,status} (status "error" when no response arrived).
@@ -43,7 +53,10 @@ namespace drayage::registry {
 struct UpstreamManifest {
     int status = 0;
     std::string media_type;  // Content-Type as sent
-    std::string digest;      // Docker-Content-Digest; empty when the registry sent none
+    // GET: the verified digest (see get_manifest). HEAD: the registry's Docker-Content-Digest
+    // when it is a well-formed sha256/sha384/sha512 digest (and the reference, when asked by
+    // digest), else empty; a HEAD has no body to check it against, so it is only a claim.
+    std::string digest;
     std::uint64_t size = 0;  // Content-Length (HEAD) or body size (GET)
     std::string body;        // GET only
     net::HeaderList headers;
@@ -54,7 +67,7 @@ struct UpstreamBlobHead {
     int status = 0;             // 200, or 206 for a range
     std::uint64_t length = 0;   // bytes of this response's body (Content-Length)
     bool has_length = false;    // Content-Length was present
-    std::string digest;         // Docker-Content-Digest, when sent
+    std::string digest;         // Docker-Content-Digest, when sent and equal to the digest asked
     std::string content_range;  // for 206
     std::string effective_url;  // after redirects (e.g. the S3/CDN URL)
     net::HeaderList headers;
@@ -128,8 +141,11 @@ public:
                        Done<UpstreamManifest> done,
                        std::optional<UpstreamCredentials> as = std::nullopt);
 
-    // GET /v2/<repo>/manifests/<reference>, at most kMaxManifestBytes. When `reference` is a
-    // digest, the body is checked against it (DIGEST_MISMATCH).
+    // GET /v2/<repo>/manifests/<reference>, at most kMaxManifestBytes. The body must hash to
+    // `reference` when it is a digest, and to the registry's Docker-Content-Digest when that is a
+    // digest drayage can check (else DIGEST_MISMATCH); a header that is not such a digest is
+    // dropped. `digest` of the result: the reference when it is a digest, else the checked
+    // header, else the body's sha256.
     void get_manifest(std::string_view repo, std::string_view reference, std::string_view accept,
                       Done<UpstreamManifest> done);
 
@@ -148,6 +164,16 @@ public:
     // through: n=, last=).
     void get_tags(std::string_view repo, std::string_view query, Done<UpstreamListing> done);
     void get_catalog(std::string_view query, Done<UpstreamListing> done);
+
+    // The Authorization header (empty: none) to send with a request of `scope` (non-empty,
+    // "repository:<name>:pull,push") that drayage makes to this registry by other means (the
+    // pass-through of writes): the configured credentials, as a token of that scope or as Basic,
+    // whatever the registry's challenge asks for. While the challenge is unknown, a GET /v2/
+    // learns it. Errors as for the other operations (a token endpoint that refuses: UNAUTHORIZED).
+    void authorization(std::string_view scope, Done<std::string> done);
+    // The registry answered 401 to a request sent with `authorization` for `scope`: a token in
+    // it is dropped from the cache, so the next authorization() fetches a new one.
+    void authorization_refused(std::string_view scope, std::string_view authorization);
 
     // Token endpoint round trips made so far (for tests and metrics).
     std::uint64_t token_fetches() const;

@@ -37,6 +37,14 @@ struct AuthChallenge {
 // Several WWW-Authenticate fields: parse each and concatenate.
 std::vector<AuthChallenge> parse_www_authenticate(std::string_view value);
 
+// Whether a Bearer challenge's realm may be asked for tokens: an http:// or https:// URL (scheme
+// in any case) with a host, and nothing but printable ASCII without spaces (no CR, LF, NUL, other
+// control characters or bytes over 0x7e). The realm comes from the upstream, which is not trusted
+// to name a safe target: "gopher://127.0.0.1:6379/_<CR><LF>..." would otherwise have drayage
+// write raw bytes to a local service, and a realm with CR/LF could inject lines into a request.
+// Empty: usable; else why not (for the operator's log).
+std::string unusable_token_realm(std::string_view realm);
+
 // RFC 3339 date-time ("2024-01-02T03:04:05Z", fractional seconds and numeric offsets allowed);
 // nullopt when malformed.
 std::optional<std::chrono::system_clock::time_point> parse_rfc3339(std::string_view text);

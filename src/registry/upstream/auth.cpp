@@ -161,6 +161,26 @@ std::vector<AuthChallenge> parse_www_authenticate(std::string_view value) {
     return out;
 }
 
+std::string unusable_token_realm(std::string_view realm) {
+    for (char c : realm) {
+        auto u = static_cast<unsigned char>(c);
+        if (u <= 0x20 || u >= 0x7f)
+            return "it holds a space, a control character or a non-ASCII byte";
+    }
+    std::size_t host = 0;
+    if (iequals(realm.substr(0, 7), "http://")) {
+        host = 7;
+    } else if (iequals(realm.substr(0, 8), "https://")) {
+        host = 8;
+    } else {
+        return "it is not an http:// or https:// URL";
+    }
+    if (host == realm.size() ||
+        std::string_view("/?#@:").find(realm[host]) != std::string_view::npos)
+        return "it names no host";
+    return {};
+}
+
 std::optional<std::chrono::system_clock::time_point> parse_rfc3339(std::string_view t) {
     // YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM)
     auto digits = [&](std::size_t at, std::size_t n, int& out) {

@@ -15,7 +15,9 @@ decided per request. Rules are checked in order at each request head; the first 
 
 Configurable while running, from the test's thread:
     proxy.set_rules([Rule("slowdown", share=0.3)]); proxy.rate = 50e6; proxy.stats["slowdown"]
-Every request line it saw, in order (what the client really sent): proxy.request_lines
+Every request head that reached the proxy, in order and as sent (bytes), is in
+`proxy.request_heads()`: what a client sent its upstream, credentials included; their request
+lines are `proxy.request_lines`.
 
 Run by hand (for bench/): python3 -m harness.faultproxy --upstream 127.0.0.1:PORT --rate 50e6
 """
@@ -107,17 +109,26 @@ class FaultProxy:
         self._random = random.Random(seed)
         self.stats = {"requests": 0, "slowdown": 0, "reset_request": 0, "reset_response": 0,
                       "stall_response": 0}
-        self.request_lines: list[str] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        self._heads: list[bytes] = []
 
     # ---- control (any thread) -------------------------------------------------------------
     def set_rules(self, rules: list[Rule]) -> None:
         with self._lock:
             self._rules = list(rules)
             self._used = {}
+
+    def request_heads(self) -> list[bytes]:
+        with self._lock:
+            return list(self._heads)
+
+    @property
+    def request_lines(self) -> list[str]:
+        return [head.split(b"\r\n", 1)[0].decode(errors="replace")
+                for head in self.request_heads()]
 
     def clear(self) -> None:
         self.set_rules([])
@@ -126,7 +137,6 @@ class FaultProxy:
     def _pick(self, request_line: str) -> Optional[Rule]:
         with self._lock:
             self.stats["requests"] += 1
-            self.request_lines.append(request_line)
             for i, rule in enumerate(self._rules):
                 if rule.match is not None and rule.match not in request_line:
                     continue
@@ -148,6 +158,8 @@ class FaultProxy:
             except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
                 return
             request_line = head.split(b"\r\n", 1)[0].decode(errors="replace")
+            with self._lock:
+                self._heads.append(head)
             rule = self._pick(request_line)
             length = _content_length(head)
             if rule is not None and rule.kind == "slowdown":

@@ -112,6 +112,7 @@ upstream:
   connect_timeout: 250ms
   response_timeout: 10s
   stall_timeout: 1m30s
+  timeout: 45s
 uploads:
   session_ttl: 10m
   max_sessions: 64
@@ -187,6 +188,7 @@ TEST_CASE("every key is read from the file") {
     CHECK(c.upstream.connect_timeout == Millis{250});
     CHECK(c.upstream.response_timeout == Millis{10'000});
     CHECK(c.upstream.stall_timeout == Millis{90'000});
+    CHECK(c.upstream.timeout == Millis{45'000});
     REQUIRE(c.storage.s3.has_value());
     const S3Config& s3 = *c.storage.s3;
     CHECK(s3.accesskey == "AKIDEXAMPLE");
@@ -346,6 +348,8 @@ TEST_CASE("out-of-range values name the key, line and the bound") {
         Catch::Contains("expected 1..64, got 65"));
     CHECK_THAT(load_error("storage:\n  s3:\n    bucket: b\n    retry:\n      max_attempts: 21\n"),
                Catch::Equals("conf.yml:5: storage.s3.retry.max_attempts: expected 1..20, got 21"));
+    CHECK_THAT(load_error("upstream:\n  timeout: 2h\n"),
+               Catch::Equals("conf.yml:2: upstream.timeout: expected 1ms..1h, got 2h"));
     CHECK_THAT(load_error("http:\n  limits:\n    header_timeout: 0\n"),
                Catch::Equals("conf.yml:3: http.limits.header_timeout: expected 1ms..1h, got 0"));
     CHECK_THAT(load_error("storage:\n  s3:\n    bucket: b\n    retry:\n      base_delay: 2s\n"
@@ -572,7 +576,7 @@ TEST_CASE("every rendered key can be set from the environment") {
     const std::string text = render_redacted(c);
     std::vector<std::pair<std::string, std::string>> all;
     leaves(YAML::Load(text), "", all);
-    REQUIRE(all.size() == 51);
+    REQUIRE(all.size() == 52);
     Env env;
     for (auto& [path, value] : all) {
         if (value == "<redacted>") {

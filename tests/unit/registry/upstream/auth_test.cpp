@@ -70,6 +70,27 @@ TEST_CASE("malformed input keeps what parsed before it") {
     CHECK(cs[0].scheme == "basic");
 }
 
+TEST_CASE("token realms: plain http(s) URLs only") {
+    CHECK(unusable_token_realm("https://auth.docker.io/token").empty());
+    CHECK(unusable_token_realm("HTTP://127.0.0.1:5001/token?x=1").empty());
+    CHECK(unusable_token_realm("http://h").empty());
+    // Other protocols: gopher and dict write raw bytes to any port, file reads local files.
+    CHECK_THAT(unusable_token_realm("gopher://127.0.0.1:6379/_SET%20a%201%0D%0A"),
+               Catch::Contains("not an http:// or https:// URL"));
+    for (const char* r : {"file:///etc/passwd", "dict://127.0.0.1:11211/stats", "ftp://h/x",
+                          "//h/token", "/token", "httpx://h/", "http:/h/token"})
+        CHECK_FALSE(unusable_token_realm(r).empty());
+    // No host.
+    for (const char* r : {"http://", "https:///token", "http://?x", "http://@h/", "http://:80/"})
+        CHECK_THAT(unusable_token_realm(r), Catch::Contains("no host"));
+    // Control characters, spaces and non-ASCII bytes anywhere.
+    using namespace std::string_literals;
+    for (const std::string& r :
+         {"http://h/token\r\nX-Injected: 1"s, "http://h/to ken"s, "http://h/\x7f"s,
+          "http://h\0/token"s, "http://h/\xc3\xa9"s, "http://h/\ttoken"s})
+        CHECK_THAT(unusable_token_realm(r), Catch::Contains("control character"));
+}
+
 TEST_CASE("RFC 3339 timestamps") {
     using namespace std::chrono;
     auto t = parse_rfc3339("2024-01-02T03:04:05Z");
