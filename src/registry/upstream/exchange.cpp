@@ -301,8 +301,8 @@ private:
         // The first 401 of an authenticating exchange is a challenge to answer, not a result;
         // except for an operation's own credentials, used fresh (their tokens are never stored,
         // so none can be stale): a 401 to them is the answer.
-        retry_after_401_ = r.status == 401 && !scope.empty() && attempt_ == 0 &&
-                           !(as && !authorization_.empty());
+        retry_after_401_ =
+            r.status == 401 && !scope.empty() && attempt_ == 0 && !(as && !authorization_.empty());
         delivering_ = stream && is_2xx(r.status) && !retry_after_401_;
         // Before anything below may arm the timer for a deferred failure.
         arm_deadline();
@@ -554,8 +554,7 @@ void UpstreamRegistry::Impl::fetch_token(const std::string& key, const std::stri
     spec.cap = kMaxTokenBody;
     spec.follow_redirects = true;
     spec.headers.emplace_back("Accept", "application/json");
-    if (!creds.username.empty())
-        spec.headers.emplace_back("Authorization", basic_header(creds));
+    if (!creds.username.empty()) spec.headers.emplace_back("Authorization", basic_header(creds));
     spec.on_reply = [this, key, keep, asked = realm](Result<Reply> r) {
         if (!r) {
             Error e = r.error();
