@@ -460,6 +460,12 @@ private:
         if (ex_->closed()) return false;
         size_ = h.size;
         if (!size_) {
+            if (!ex_->delimits_unknown_length()) {
+                // HTTP/1.0: only the close would end the body, so a failed digest would look
+                // complete.
+                send_error(*ex_, 503, "UNAVAILABLE", "blob of unknown length; retry with HTTP/1.1");
+                return stop_after(false);
+            }
             ex_->send_head_lines(200, head_lines_, std::nullopt);
             return true;
         }

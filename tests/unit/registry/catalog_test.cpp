@@ -19,6 +19,20 @@ std::string filtered(std::string_view body,
     return *r;
 }
 
+// AddressSanitizer keeps freed blocks in its quarantine and pads every allocation, so peak RSS
+// there measures the sanitizer, not the filter: the memory checks run in the other builds.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kRssMeaningful = false;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kRssMeaningful = false;
+#else
+constexpr bool kRssMeaningful = true;
+#endif
+#else
+constexpr bool kRssMeaningful = true;
+#endif
+
 // Peak resident memory of this process so far, in KiB.
 long peak_rss_kib() {
     rusage u{};
@@ -85,10 +99,10 @@ TEST_CASE("a hostile catalog page costs no memory beyond its names", "[catalog]"
     r = filter_catalog_page(names, keep);
     REQUIRE(r.ok());
     CHECK(*r == R"({"repositories":[]})");
-    CHECK(peak_rss_kib() - before < 1024);
+    if (kRssMeaningful) CHECK(peak_rss_kib() - before < 1024);
     r = filter_catalog_page(punctuation, keep);
     REQUIRE(r.ok());
-    CHECK(peak_rss_kib() - before < static_cast<long>(3 * cap / 1024 + 4096));
+    if (kRssMeaningful) CHECK(peak_rss_kib() - before < static_cast<long>(3 * cap / 1024 + 4096));
 }
 
 TEST_CASE("the page size of a catalog query", "[catalog]") {
