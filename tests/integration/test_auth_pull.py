@@ -11,6 +11,7 @@ import hashlib
 import http.client
 import json
 import pathlib
+import socket
 import subprocess
 import time
 
@@ -533,17 +534,28 @@ def test_a_flood_of_made_up_passwords_is_turned_away_not_queued(build_dir, tmp_p
     d = Drayage(build_dir / "src" / "drayage", wd, cfg).start()
     try:
         assert raw_get(d.port, "/v2/", {"Authorization": basic("carol", "cpw")})[0] == 200
-        guesses = [{"Authorization": basic("mallory", f"guess{i}")} for i in range(300)]
-        # More clients at once than may wait: each waits on its own connection.
-        with concurrent.futures.ThreadPoolExecutor(len(guesses)) as pool:
-            flood = [pool.submit(raw_get, d.port, "/v2/", h) for h in guesses]
+        # More clients at once than may wait, each on its own connection. All connect first and
+        # then send within a few milliseconds, so the queue overflows however slowly this
+        # (shared, loaded) machine starts threads.
+        flood = [socket.create_connection(("127.0.0.1", d.port), timeout=120) for _ in range(300)]
+        try:
+            for i, s in enumerate(flood):
+                s.sendall((f"GET /v2/ HTTP/1.1\r\nHost: x\r\nAuthorization: "
+                           f"{basic('mallory', f'guess{i}')}\r\n\r\n").encode())
             # carol's answer is known: she is served at once, flood or not.
             assert raw_get(d.port, "/v2/", {"Authorization": basic("carol", "cpw")})[0] == 200
-            results = [f.result() for f in flood]
+            results = []
+            for s in flood:
+                r = http.client.HTTPResponse(s)
+                r.begin()
+                results.append((r.status, r.read()))
+        finally:
+            for s in flood:
+                s.close()
         statuses = [r[0] for r in results]
         assert set(statuses) == {401, 503}, sorted(set(statuses))
         busy = [r for r in results if r[0] == 503]
-        assert all(json.loads(body)["errors"][0]["code"] == "UNAVAILABLE" for _, _, body in busy)
+        assert all(json.loads(body)["errors"][0]["code"] == "UNAVAILABLE" for _, body in busy)
         assert d.metric("drayage_auth_password_checks_total", 'result="busy"') == len(busy)
         assert d.metric("drayage_auth_password_checks_total", 'result="wrong"') == 300 - len(busy)
     finally:
