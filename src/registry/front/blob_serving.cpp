@@ -1,0 +1,395 @@
+#include "blob_serving.hpp"
+
+#include <event2/buffer.h>
+#include <spdlog/spdlog.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "drayage/registry/routes.hpp"
+#include "drayage/util/metrics.hpp"
+#include "drayage/util/text.hpp"
+#include "front_impl.hpp"
+#include "misses.hpp"
+#include "responses.hpp"
+
+namespace drayage::registry {
+
+using http::Exchange;
+
+namespace front {
+namespace {
+
+constexpr std::size_t kReadPiece = 256 * 1024;
+
+struct EvbufferFree {
+    void operator()(evbuffer* b) const { evbuffer_free(b); }
+};
+using EvbufferPtr = std::unique_ptr<evbuffer, EvbufferFree>;
+
+// ---------------------------------------------------------------------------------------------
+// Streams one BlobReader into one Exchange, a chunk at a time, only while the socket has room.
+class BlobStreamer : public std::enable_shared_from_this<BlobStreamer> {
+public:
+    BlobStreamer(std::shared_ptr<Exchange> ex, std::unique_ptr<cache::BlobReader> reader)
+        : ex_(std::move(ex)), reader_(std::move(reader)) {}
+
+    void start() {
+        auto self = shared_from_this();
+        ex_->on_closed([self] { self->stop(); });
+        ex_->on_writable([self] { self->pump(); });
+        reader_->on_readable([self] { self->pump(); });
+        pump();
+    }
+
+private:
+    void pump() {
+        if (done_) return;
+        while (true) {
+            cache::ReadResult r = reader_->read(kReadPiece);
+            switch (r.kind) {
+                case cache::ReadResult::Kind::data:
+                    if (!write(r)) {
+                        if (ex_->closed()) return stop();
+                        return;  // on_writable resumes
+                    }
+                    break;
+                case cache::ReadResult::Kind::would_block: return;  // on_readable resumes
+                case cache::ReadResult::Kind::end: ex_->finish(); return stop();
+                case cache::ReadResult::Kind::error:
+                    // Never let a client take a cut transfer for a whole blob.
+                    spdlog::warn("blob transfer to {} cut: {}", ex_->request().peer,
+                                 r.error.to_string());
+                    ex_->set_outcome("cut:" + r.error.code);
+                    ex_->abort();
+                    return stop();
+            }
+        }
+    }
+
+    // Queues the bytes by reference when the cache says who owns them: the socket's buffer
+    // holds the chunk until the kernel has taken it, saving a copy of every byte.
+    bool write(const cache::ReadResult& r) {
+        if (!r.owner) return ex_->write(r.bytes);
+        if (!piece_) piece_.reset(evbuffer_new());
+        auto* keep = new std::shared_ptr<const void>(r.owner);
+        if (evbuffer_add_reference(
+                piece_.get(), r.bytes.data(), r.bytes.size(),
+                [](const void*, std::size_t, void* arg) {
+                    delete static_cast<std::shared_ptr<const void>*>(arg);
+                },
+                keep) != 0) {
+            delete keep;
+            return ex_->write(r.bytes);
+        }
+        bool ok = ex_->write(piece_.get());
+        // Whatever the exchange did not take (it closed) is dropped here, not sent later.
+        evbuffer_drain(piece_.get(), evbuffer_get_length(piece_.get()));
+        return ok;
+    }
+
+    void stop() {
+        if (done_) return;
+        done_ = true;
+        // Break the callback cycles; the reader is released (unpinning the blob).
+        ex_->on_writable({});
+        ex_->on_closed({});
+        reader_->on_readable({});
+        reader_.reset();
+    }
+
+    std::shared_ptr<Exchange> ex_;
+    std::unique_ptr<cache::BlobReader> reader_;
+    EvbufferPtr piece_;  // staging for by-reference writes
+    bool done_ = false;
+};
+
+// The headers of a blob response, formatted ("Name: value\r\n" lines, see
+// Exchange::send_head_lines): they go out with every cache hit.
+void append_blob_head_lines(std::string& h, std::string_view digest) {
+    h += "Docker-Distribution-API-Version: registry/2.0\r\n"
+         "Content-Type: application/octet-stream\r\n"
+         "Docker-Content-Digest: ";
+    h += digest;
+    h += "\r\nETag: \"";
+    h += digest;
+    h += "\"\r\n"
+         "Accept-Ranges: bytes\r\n"
+         "Cache-Control: max-age=31536000\r\n";
+}
+
+}  // namespace
+
+std::string blob_head_lines(std::string_view digest) {
+    std::string h;
+    h.reserve(256);
+    append_blob_head_lines(h, digest);
+    return h;
+}
+
+// The Content-Range line of a 206, appended to blob_head_lines.
+void add_content_range(std::string& lines, const ByteSpan& span, std::uint64_t size) {
+    lines += "Content-Range: ";
+    lines += content_range(span, size);
+    lines += "\r\n";
+}
+
+namespace {
+
+// Whole GETs of complete blobs up to this size are answered from one read straight into the
+// response's output (Cache::read_small), without a reader and a streamer. That machinery (a
+// pin, two read transactions, a chunk buffer, callbacks) was most of a 16 KiB hit's cost.
+constexpr std::uint64_t kSmallBlob = 64 * 1024;
+
+enum class SmallHit { served, larger, not_served };
+
+// Serves a GET without Range of `digest` when it is a complete small blob. larger: complete but
+// larger, for a reader to stream. not_served: not cached, still filling, or the read failed: the
+// streaming path takes it and reports errors.
+SmallHit serve_small_hit(Exchange& ex, cache::Cache& cache, const std::string& digest) {
+    // One per thread (the loop and each hit worker); it is always empty between requests.
+    static thread_local EvbufferPtr staging(evbuffer_new());
+    evbuffer* body = staging.get();
+    if (body == nullptr) return SmallHit::not_served;
+    evbuffer_iovec vec{};
+    auto size = cache.read_small(digest, kSmallBlob, [&](std::size_t n) -> char* {
+        if (evbuffer_reserve_space(body, static_cast<ev_ssize_t>(n), &vec, 1) != 1) return nullptr;
+        vec.iov_len = n;
+        return static_cast<char*>(vec.iov_base);
+    });
+    if (!size) return SmallHit::not_served;
+    if (!*size) return SmallHit::larger;
+    if (**size > 0 && evbuffer_commit_space(body, &vec, 1) != 0) return SmallHit::not_served;
+    ex.set_outcome("hit");                 // before finish(), which logs the request
+    static thread_local std::string head;  // its capacity is kept from hit to hit
+    head.clear();
+    append_blob_head_lines(head, digest);
+    ex.send_head_lines(200, head, **size);
+    ex.write(body);
+    ex.finish();
+    // Whatever the exchange did not take (it closed) is dropped here.
+    evbuffer_drain(body, evbuffer_get_length(body));
+    return SmallHit::served;
+}
+
+// Answers a GET of a cached (or filling) blob, honouring `range`. `whole` is the reader of the
+// whole blob; `open(offset, len)` opens another for a range: Cache::open_reader on the loop,
+// Cache::open_complete_reader on a hit worker.
+template <typename Open>
+void respond_from_cache(const std::shared_ptr<Exchange>& ex, const std::string& digest,
+                        const std::string& range, Result<std::unique_ptr<cache::BlobReader>> whole,
+                        Open open) {
+    if (!whole) {
+        if (whole.error().code == cache::kErrNotFound)
+            return send_error(*ex, 404, "BLOB_UNKNOWN", "blob unknown to registry");
+        return send_error(*ex, 503, "UNAVAILABLE", whole.error().message);
+    }
+    std::optional<std::uint64_t> size = (*whole)->blob_size();
+    std::optional<ByteSpan> span;
+    if (size && !range.empty()) {
+        auto pr = parse_range(range, *size);
+        if (!pr) return send_range_not_satisfiable(*ex, *size);
+        span = *pr;
+    }
+    std::unique_ptr<cache::BlobReader> reader;
+    if (span) {
+        auto rr = open(span->first, std::optional<std::uint64_t>(span->last - span->first + 1));
+        if (!rr) return send_error(*ex, 503, "UNAVAILABLE", rr.error().message);
+        reader = std::move(*rr);
+    } else {
+        reader = std::move(*whole);
+    }
+    std::string h = blob_head_lines(digest);
+    if (span) {
+        add_content_range(h, *span, *size);
+        ex->send_head_lines(206, h, span->last - span->first + 1);
+    } else if (!size && !ex->delimits_unknown_length()) {
+        // HTTP/1.0: only the close would end the body, so a failed digest would look complete.
+        return send_error(*ex, 503, "UNAVAILABLE", "blob still being fetched; retry shortly");
+    } else {
+        ex->send_head_lines(200, h, size);
+    }
+    std::make_shared<BlobStreamer>(ex, std::move(reader))->start();
+}
+
+}  // namespace
+
+void stream_from_cache(const std::shared_ptr<Exchange>& ex, cache::Cache& cache,
+                       const std::string& digest, const std::string& range) {
+    stream_from_cache(ex, cache, digest, range, cache.open_reader(digest, 0, std::nullopt));
+}
+
+void stream_from_cache(const std::shared_ptr<Exchange>& ex, cache::Cache& cache,
+                       const std::string& digest, const std::string& range,
+                       Result<std::unique_ptr<cache::BlobReader>> whole) {
+    respond_from_cache(ex, digest, range, std::move(whole),
+                       [&cache, &digest](std::uint64_t off, std::optional<std::uint64_t> len) {
+                           return cache.open_reader(digest, off, len);
+                       });
+}
+
+}  // namespace front
+
+using namespace front;  // NOLINT(google-build-using-namespace): the front's own parts
+
+http::Handler make_hit_handler(cache::Cache& cache, const Authenticator* auth) {
+    return [&cache, auth](std::shared_ptr<Exchange> ex) {
+        const http::Request& req = ex->request();
+        if (req.method == "GET" || req.method == "HEAD") {
+            auto route = parse_route(req.path);
+            bool admitted = route && route->endpoint == Endpoint::blob;
+            if (admitted && auth != nullptr) {
+                // The same two checks as the loop's: the client may pull the repository, and
+                // the blob is known to belong to it (only the committed links: the loop keeps
+                // the ones still queued, and proves the rest through an origin).
+                auto adm = auth->admit_hit(req, route->name);
+                auto linked = adm ? cache.store().is_linked(adm->repo, route->reference)
+                                  : Result<bool>(false);
+                admitted = linked && *linked;
+                if (admitted && !adm->user.empty()) ex->set_user(adm->user);
+            }
+            if (admitted) {
+                const std::string& digest = route->reference;
+                // Looked up once: the registry's lookups take a lock, and two loops share it.
+                static metrics::Counter& hits = outcome_counter("blob", "hit");
+                static metrics::Counter& served = metrics::global().counter(
+                    "drayage_http_worker_hits_total",
+                    "Cache hits served by hit workers (http.workers), not the main loop.");
+                if (req.method == "GET" && req.header("Range").empty() &&
+                    serve_small_hit(*ex, cache, digest) == SmallHit::served) {
+                    hits.inc();
+                    served.inc();
+                    return;
+                }
+                auto whole = cache.open_complete_reader(digest, 0, std::nullopt);
+                if (whole) {
+                    ex->set_outcome("hit");
+                    hits.inc();
+                    served.inc();
+                    if (req.method == "HEAD") {
+                        ex->send_head_lines(200, blob_head_lines(digest), (*whole)->blob_size());
+                        return ex->finish();
+                    }
+                    return respond_from_cache(
+                        ex, digest, std::string(req.header("Range")), std::move(whole),
+                        [&cache, &digest](std::uint64_t off, std::optional<std::uint64_t> len) {
+                            return cache.open_complete_reader(digest, off, len);
+                        });
+                }
+            }
+        }
+        // Everything else (misses, fills, manifests, pushes, errors) is the main loop's.
+        if (!ex->hand_off())
+            send_error(*ex, 503, "UNAVAILABLE", "request could not be handed over");
+    };
+}
+
+Result<std::optional<ByteSpan>> parse_range(std::string_view header, std::uint64_t size) {
+    if (header.empty()) return std::optional<ByteSpan>{};
+    constexpr std::string_view kBytes = "bytes=";
+    if (header.substr(0, kBytes.size()) != kBytes) return std::optional<ByteSpan>{};
+    std::string_view spec = header.substr(kBytes.size());
+    if (spec.find(',') != std::string_view::npos) return std::optional<ByteSpan>{};
+    auto dash = spec.find('-');
+    if (dash == std::string_view::npos) return std::optional<ByteSpan>{};
+    const auto& parse_num = text::parse_u64;
+    std::string_view a = spec.substr(0, dash), b = spec.substr(dash + 1);
+    std::uint64_t first = 0, last = 0;
+    Error unsatisfiable = make_error("RANGE_INVALID", "range not satisfiable", 416);
+    if (a.empty()) {  // suffix: the last N bytes
+        std::uint64_t n = 0;
+        if (!parse_num(b, n)) return std::optional<ByteSpan>{};
+        if (n == 0 || size == 0) return unsatisfiable;
+        first = n >= size ? 0 : size - n;
+        return std::optional<ByteSpan>{ByteSpan{first, size - 1}};
+    }
+    if (!parse_num(a, first)) return std::optional<ByteSpan>{};
+    if (b.empty()) {
+        last = size == 0 ? 0 : size - 1;
+    } else if (!parse_num(b, last) || last < first) {
+        return std::optional<ByteSpan>{};  // syntactically invalid: ignore, per RFC 9110
+    }
+    if (first >= size) return unsatisfiable;
+    if (last >= size) last = size - 1;
+    return std::optional<ByteSpan>{ByteSpan{first, last}};
+}
+
+// ----- RegistryFront::Impl: blobs ----------------------------------------------------------
+void RegistryFront::Impl::serve_blob(const std::shared_ptr<Exchange>& ex, const Route& r) {
+    if (deps.auth) {
+        auto self = shared_from_this();
+        return prove_blob(ex, r, [self, ex, r] { self->serve_proven_blob(ex, r); });
+    }
+    serve_proven_blob(ex, r);
+}
+
+void RegistryFront::Impl::serve_proven_blob(const std::shared_ptr<Exchange>& ex, const Route& r) {
+    const http::Request& req = ex->request();
+    static metrics::Counter& hits = outcome_counter("blob", "hit");
+    if (req.method == "GET" && req.header("Range").empty()) {
+        switch (serve_small_hit(*ex, *deps.cache, r.reference)) {
+            case SmallHit::served: return hits.inc();
+            case SmallHit::larger: {  // known complete: no second lookup
+                auto whole = deps.cache->open_reader(r.reference, 0, std::nullopt);
+                if (!whole && whole.error().code == cache::kErrNotFound) break;  // evicted
+                ex->set_outcome("hit");
+                hits.inc();
+                return stream_from_cache(ex, *deps.cache, r.reference, {}, std::move(whole));
+            }
+            case SmallHit::not_served: break;
+        }
+    }
+    auto lookup = deps.cache->lookup(r.reference);
+    if (!lookup) return send_error(*ex, 500, "UNKNOWN", lookup.error().message);
+    if (req.method == "HEAD") return head_blob(ex, r, *lookup);
+    if (lookup->presence != cache::Presence::absent) {
+        static metrics::Counter& joins = outcome_counter("blob", "join");
+        const bool hit = lookup->presence == cache::Presence::complete;
+        ex->set_outcome(hit ? "hit" : "join");
+        (hit ? hits : joins).inc();
+        return stream_from_cache(ex, *deps.cache, r.reference, std::string(req.header("Range")));
+    }
+    misses->join_or_start(ex, r);
+}
+
+void RegistryFront::Impl::head_blob(const std::shared_ptr<Exchange>& ex, const Route& r,
+                                    const cache::Lookup& l) {
+    if (l.presence == cache::Presence::complete) {
+        ex->set_outcome("hit");
+        outcome_counter("blob", "hit").inc();
+        ex->send_head_lines(200, blob_head_lines(r.reference), l.size);
+        return ex->finish();
+    }
+    if (l.presence == cache::Presence::filling) {
+        auto reader = deps.cache->open_reader(r.reference, 0, std::nullopt);
+        if (reader && (*reader)->blob_size()) {
+            ex->set_outcome("join");
+            ex->send_head_lines(200, blob_head_lines(r.reference), *(*reader)->blob_size());
+            return ex->finish();
+        }
+    }
+    head_from_origin(ex, r, 0);
+}
+
+void RegistryFront::Impl::head_from_origin(const std::shared_ptr<Exchange>& ex, const Route& r,
+                                           std::size_t i) {
+    if (i >= deps.origins.size()) {
+        ex->set_outcome("miss:none");
+        return send_error(*ex, 404, "BLOB_UNKNOWN", "blob unknown to registry");
+    }
+    auto self = shared_from_this();
+    deps.origins[i]->head(r.name, r.reference, [self, ex, r, i](Result<OriginHead> h) {
+        if (ex->closed()) return;
+        if (!h) {
+            if (h.error().code == "NOT_FOUND") return self->head_from_origin(ex, r, i + 1);
+            return send_origin_error(*ex, h.error(), "BLOB_UNKNOWN");
+        }
+        ex->set_outcome("head:" + std::string(self->deps.origins[i]->name()));
+        ex->send_head_lines(200, blob_head_lines(r.reference), h->size);
+        ex->finish();
+    });
+}
+
+}  // namespace drayage::registry
