@@ -276,6 +276,26 @@ void CacheFill::set_resume_callback(std::function<void()> cb) {
 void CacheFill::set_cancel_callback(std::function<void()> cb) {
     on_cancel_ = std::move(cb);
 }
+void CacheFill::on_end(std::function<void(const Status&)> cb) {
+    if (!done()) {
+        on_end_ = std::move(cb);
+        return;
+    }
+    if (cache_ == nullptr) return;  // the Cache is gone, and with it the loop turn
+    Status outcome;
+    if (!succeeded()) outcome = error_;
+    cache_->impl_->defer([cb = std::move(cb), outcome] { cb(outcome); });
+}
+
+void CacheFill::report_end() {
+    if (!on_end_) return;
+    auto cb = std::move(on_end_);
+    on_end_ = nullptr;
+    Status outcome;
+    if (state_ != State::complete) outcome = error_;
+    if (cache_ == nullptr) return cb(outcome);
+    cache_->impl_->defer([cb = std::move(cb), outcome] { cb(outcome); });
+}
 
 void CacheFill::end_with(Error error, bool tell_writer) {
     if (state_ == State::failed || state_ == State::complete) return;
@@ -301,6 +321,7 @@ void CacheFill::end_with(Error error, bool tell_writer) {
         on_cancel_ = nullptr;
     }
     on_resume_ = nullptr;
+    report_end();
 }
 
 void CacheFill::wake_readers() {
@@ -395,6 +416,7 @@ void Cache::Impl::on_completions() {
                         fill->wake_readers();
                         fill->on_cancel_ = nullptr;
                         fill->on_resume_ = nullptr;
+                        fill->report_end();
                     } else {
                         if (c.error.code == kErrDigestMismatch) digest_mismatches.fetch_add(1);
                         // The writer dropped the blob; the abort op lets it forget the fill.
@@ -603,9 +625,12 @@ Cache::~Cache() {
     for (auto& f : running) {
         auto cancel = std::move(f->on_cancel_);
         f->on_cancel_ = nullptr;
+        auto ended = std::move(f->on_end_);  // told now: no loop turn will run deferred calls
+        f->on_end_ = nullptr;
         f->end_with(make_error(kErrAbandoned, "cache closed"), true);
         f->cache_ = nullptr;
         if (cancel) cancel();
+        if (ended) ended(f->error_);
     }
     for (auto& [id, w] : impl.by_id) {
         if (auto f = w.lock()) f->cache_ = nullptr;

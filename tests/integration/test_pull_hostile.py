@@ -24,7 +24,7 @@ import pytest
 import requests
 
 from harness.drayage import Drayage
-from harness.net import free_port
+from harness.net import free_port, wait_until
 from harness.registry import ALL_MANIFESTS, DOCKER_MANIFEST, KiB, MiB, Registry
 from harness.swift import swift  # noqa: F401 (session fixture)
 from test_auth_pull import auth_config
@@ -404,3 +404,30 @@ def test_catalog_page_size_over_the_limit_is_a_client_error(tmp_path, drayage_fa
         assert r.status_code == 400 and "PAGINATION_NUMBER_INVALID" in r.text
     finally:
         reg.stop()
+
+
+def test_a_corrupt_blob_is_never_written_through_to_the_bucket(fake, swift, drayage_factory):  # noqa: F811
+    """storage.s3.writethrough tees the upstream's bytes into a multipart upload, completed only
+    once the cache's own sha256 of the fill (the one hash of those bytes) matched: bytes that
+    fail their digest are aborted, never published in the shared tier."""
+    root = f"/hostile-{uuid.uuid4().hex[:8]}"
+    good = hashlib.sha256(b"good").digest() * (3 * MiB // 32)
+    bad = bytearray(good)
+    bad[2 * MiB] ^= 1
+    fake.blobs[sha256(good)] = bytes(bad)
+    d = drayage_factory({"upstream": {"url": fake.url},
+                         "storage": {"s3": drayage_s3_block(swift, root, writethrough=True)}})
+    status, body, complete = get(f"{d.url}/v2/x/y/blobs/{sha256(good)}")
+    assert not complete, (status, len(body))
+    s3 = swift.client()
+    wait_until(lambda: f"write-through of {sha256(good)} abandoned" in d.log(),
+               "the corrupt copy's upload aborted", 60)
+    assert not s3.list_multipart_uploads(Bucket=swift.bucket,
+                                         Prefix=root.strip("/")).get("Uploads")
+    assert s3.list_objects_v2(Bucket=swift.bucket, Prefix=root.strip("/")).get("KeyCount") == 0
+    # The right bytes are written through.
+    fake.blobs[sha256(good)] = good
+    assert get(f"{d.url}/v2/x/y/blobs/{sha256(good)}") == (200, good, True)
+    wait_until(lambda: s3.list_objects_v2(Bucket=swift.bucket, Prefix=root.strip("/"))
+               .get("KeyCount") == 1, "the verified copy in the bucket", 60)
+    assert "write-through of " + sha256(good) + " to the bucket complete" in d.log()

@@ -139,6 +139,12 @@ public:
     // The fill no longer wants bytes (orphaned with complete_orphan_fills false, Cache closed,
     // or verification failed early): the source should stop and drop its fill pointer.
     void set_cancel_callback(std::function<void()> cb);
+    // Runs once on the loop when the fill has ended: ok once every byte is stored and the
+    // writer's sha256 of them matched the digest, the fill's error otherwise (source failure,
+    // digest or size mismatch, abandoned, Cache closed). Whoever tees the same bytes elsewhere
+    // (write-through to the bucket) can rely on that one hash instead of computing its own.
+    // Set after the fill ended, it runs with the outcome on the next loop turn.
+    void on_end(std::function<void(const Status&)> cb);
 
     const std::string& digest() const { return digest_; }
     std::uint64_t received() const { return received_; }
@@ -162,6 +168,7 @@ private:
 
     void submit_tail(bool last);
     void end_with(Error error, bool tell_writer);
+    void report_end();  // hands the outcome to on_end's callback, once
     void wake_readers();
     void reader_left();
 
@@ -185,6 +192,7 @@ private:
     std::vector<std::weak_ptr<ReaderCore>> waiters_;
     std::function<void()> on_resume_;
     std::function<void()> on_cancel_;
+    std::function<void(const Status&)> on_end_;
 };
 
 struct FillHandle {

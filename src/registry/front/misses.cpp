@@ -1,7 +1,6 @@
 #include "misses.hpp"
 
 #include <event2/event.h>
-#include <openssl/evp.h>
 #include <spdlog/spdlog.h>
 
 #include <functional>
@@ -11,8 +10,6 @@
 #include "blob_serving.hpp"
 #include "drayage/registry/reference.hpp"
 #include "drayage/s3/layout.hpp"
-#include "drayage/s3/multipart.hpp"
-#include "drayage/s3/sigv4.hpp"
 #include "drayage/util/metrics.hpp"
 #include "responses.hpp"
 #include "uncached_stream.hpp"
@@ -30,10 +27,10 @@ struct BlobMisses::BlobMiss {
     std::shared_ptr<cache::CacheFill> fill;
     bool head_seen = false;
     // storage.s3.writethrough: the same bytes go to the bucket. The multipart upload is
-    // completed only once our own sha256 of the bytes matches the digest, so a corrupt
-    // upstream answer never becomes visible in the shared tier.
+    // completed only once the fill's own sha256 of the bytes (the cache's hasher thread) matched
+    // the digest, so a corrupt upstream answer never becomes visible in the shared tier, and no
+    // byte is hashed twice.
     std::shared_ptr<s3::MultipartUpload> bucket_copy;
-    std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> hash{nullptr, EVP_MD_CTX_free};
 };
 
 BlobMisses::BlobMisses(cache::Cache* cache, const config::Config* config, s3::Client* bucket,
@@ -77,10 +74,7 @@ void BlobMisses::ask_origin(const std::shared_ptr<BlobMiss>& miss) {
     sink.on_data = [miss](std::string_view bytes) {
         if (!miss->fill) return true;
         bool more = miss->fill->append(bytes);
-        if (miss->bucket_copy) {
-            EVP_DigestUpdate(miss->hash.get(), bytes.data(), bytes.size());
-            more = miss->bucket_copy->write(bytes) && more;
-        }
+        if (miss->bucket_copy) more = miss->bucket_copy->write(bytes) && more;
         return more;
     };
     sink.on_done = [self, miss](Status st) { self->origin_done(miss, st); };
@@ -144,18 +138,17 @@ bool BlobMisses::origin_head(const std::shared_ptr<BlobMiss>& miss, const Origin
         miss->fill->set_resume_callback([weak] {
             if (auto m = weak.lock(); m && m->transfer) m->transfer->resume();
         });
-        std::weak_ptr<BlobMisses> flights = weak_from_this();
-        miss->fill->set_cancel_callback([weak, flights] {
+        miss->fill->set_cancel_callback([weak] {
             auto m = weak.lock();
             if (!m) return;
             if (m->transfer) {
                 m->transfer->cancel();
                 m->transfer.reset();
             }
-            // The source is stopped before its end: a copy to the bucket is abandoned too
-            // (finish_write_through aborts it), not left as an open multipart upload.
-            if (auto f = flights.lock())
-                f->finish_write_through(m, make_error(cache::kErrAbandoned, "fill cancelled"));
+            // The source is stopped before its end: a copy to the bucket is abandoned too, not
+            // left as an open multipart upload.
+            end_write_through(std::move(m->bucket_copy), m->digest,
+                              make_error(cache::kErrAbandoned, "fill cancelled"));
         });
     }
     if (drive && origin_name == "upstream") start_write_through(miss, head.size);
@@ -191,10 +184,16 @@ void BlobMisses::origin_done(const std::shared_ptr<BlobMiss>& miss, Status st) {
         return;
     }
     if (!miss->fill) return;
-    finish_write_through(miss, st);
     if (st) {
+        // The copy in the bucket is completed when the fill verified the bytes, or aborted.
+        if (auto upload = std::move(miss->bucket_copy)) {
+            miss->fill->on_end([upload, digest = miss->digest](const Status& verified) {
+                end_write_through(upload, digest, verified);
+            });
+        }
         miss->fill->finish();
     } else {
+        end_write_through(std::move(miss->bucket_copy), miss->digest, st);
         spdlog::warn("blob {} from {} failed mid-stream: {}", miss->digest,
                      origins_[miss->origin]->name(), st.error().to_string());
         miss->fill->fail(st.error());
@@ -216,28 +215,15 @@ void BlobMisses::start_write_through(const std::shared_ptr<BlobMiss>& miss,
     o.on_writable = [weak] {
         if (auto m = weak.lock(); m && m->transfer) m->transfer->resume();
     };
-    miss->hash.reset(EVP_MD_CTX_new());
-    EVP_DigestInit_ex(miss->hash.get(), EVP_sha256(), nullptr);
     miss->bucket_copy = s3::MultipartUpload::start(*bucket_, std::move(o));
 }
 
-void BlobMisses::finish_write_through(const std::shared_ptr<BlobMiss>& miss, const Status& st) {
-    auto upload = std::move(miss->bucket_copy);
+void BlobMisses::end_write_through(std::shared_ptr<s3::MultipartUpload> upload,
+                                   const std::string& digest, const Status& verified) {
     if (!upload) return;
-    std::string digest = miss->digest;
-    bool verified = false;
-    if (st) {
-        unsigned char md[EVP_MAX_MD_SIZE];
-        unsigned int len = 0;
-        EVP_DigestFinal_ex(miss->hash.get(), md, &len);
-        verified =
-            "sha256:" + s3::hex_encode(std::string_view(reinterpret_cast<const char*>(md), len)) ==
-            digest;
-    }
     if (!verified) {
-        upload->abort([digest](Status) {
-            spdlog::info("write-through of {} abandoned (source failed or digest mismatch)",
-                         digest);
+        upload->abort([digest, why = verified.error().to_string()](Status) {
+            spdlog::info("write-through of {} abandoned: {}", digest, why);
         });
         return;
     }

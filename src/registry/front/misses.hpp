@@ -7,8 +7,9 @@
 // later requests find the blob filling in the cache and join it there.
 //
 // Write-through (storage.s3.writethrough): the bytes of a blob from the upstream go to the bucket
-// too, as a multipart upload completed only once our own sha256 of the bytes matches the digest,
-// so a corrupt upstream answer never becomes visible in the shared tier. An upload whose source
+// too, as a multipart upload completed only once the fill's sha256 of the bytes (computed once,
+// by the cache's hasher thread) matched the digest (CacheFill::on_end), so a corrupt upstream
+// answer never becomes visible in the shared tier. An upload whose source
 // fails, or whose fill is cancelled, is aborted.
 //
 // A blob the cache cannot store (larger than cache.max_size, or the cache not writable now) is
@@ -28,6 +29,7 @@
 #include "drayage/registry/origin.hpp"
 #include "drayage/registry/routes.hpp"
 #include "drayage/s3/client.hpp"
+#include "drayage/s3/multipart.hpp"
 
 namespace drayage::registry::front {
 
@@ -62,7 +64,10 @@ private:
     void origin_done(const std::shared_ptr<BlobMiss>& miss, Status st);
     void start_write_through(const std::shared_ptr<BlobMiss>& miss,
                              std::optional<std::uint64_t> size);
-    void finish_write_through(const std::shared_ptr<BlobMiss>& miss, const Status& st);
+    // Completes the bucket copy when `verified` (the fill's sha256 matched), aborts it
+    // otherwise. No-op without a copy.
+    static void end_write_through(std::shared_ptr<s3::MultipartUpload> upload,
+                                  const std::string& digest, const Status& verified);
 
     cache::Cache* cache_;
     const config::Config* config_;

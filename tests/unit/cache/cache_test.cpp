@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -10,6 +11,8 @@
 
 using namespace drayage::cache;
 using namespace cachetest;
+using drayage::make_error;
+using drayage::Status;
 using K = ReadResult::Kind;
 
 TEMPLATE_TEST_CASE("a filled blob is served whole and by range", "[cache]", LmdbCache,
@@ -148,6 +151,8 @@ TEMPLATE_TEST_CASE("a digest mismatch cuts every reader and the next request sta
     wrong[777'777] ^= 1;
     auto h = cache->start_or_join_fill(digest, std::nullopt);
     REQUIRE(h.ok());
+    std::optional<Status> ended;
+    h->fill->on_end([&](const Status& st) { ended = st; });
     Source src{h->fill, wrong};
     src.attach();
     std::vector<std::unique_ptr<Sink>> sinks;
@@ -179,6 +184,10 @@ TEMPLATE_TEST_CASE("a digest mismatch cuts every reader and the next request sta
         CHECK(s->error.code == kErrDigestMismatch);
     }
     CHECK(cache->stats().digest_mismatches == 1);
+    REQUIRE(pump(
+        b.base, [&] { return ended.has_value(); }, [] {}));
+    REQUIRE_FALSE(ended->ok());
+    CHECK(ended->error().code == kErrDigestMismatch);
     sinks.clear();
     wait_idle(*cache, b.base);
     CHECK(cache->lookup(digest)->presence == Presence::absent);
@@ -596,4 +605,70 @@ TEST_CASE("small blobs read whole on other threads while the loop fills and evic
               .code == kErrNotFound);
     h->fill->fail(drayage::make_error("test", "done"));
     wait_idle(*cache, b.base);
+}
+
+TEMPLATE_TEST_CASE("on_end reports a fill's outcome once its bytes are verified", "[cache]",
+                   LmdbCache, MemoryCache) {
+    TempDir dir;
+    Base b;
+    auto cache = open_cache(b.base, TestType::options(dir, 64 * 1024 * 1024));
+    std::string data = random_bytes(3 * 1024 * 1024 + 7, 21);
+    std::string digest = sha256_digest(data);
+    auto h = cache->start_or_join_fill(digest, data.size());
+    REQUIRE(h.ok());
+    std::vector<Status> ends;
+    bool complete_when_told = false;
+    h->fill->on_end([&](const Status& st) {
+        ends.push_back(st);
+        // Told only once the blob is complete in the cache: a tee may then publish its copy.
+        auto l = cache->lookup(digest);
+        complete_when_told = l.ok() && l->presence == Presence::complete;
+    });
+    Source src{h->fill, data};
+    src.slice = 100'000;
+    src.attach();
+    REQUIRE(pump(
+        b.base, [&] { return src.finished && !ends.empty(); }, [&] { src.step(); }));
+    CHECK(h->fill->succeeded());
+    REQUIRE(ends.size() == 1);
+    CHECK(ends[0].ok());
+    CHECK(complete_when_told);
+    // Set after the end: the outcome on the next loop turn.
+    std::optional<Status> late;
+    h->fill->on_end([&](const Status& st) { late = st; });
+    CHECK_FALSE(late.has_value());
+    REQUIRE(pump(
+        b.base, [&] { return late.has_value(); }, [] {}));
+    CHECK(late->ok());
+    wait_idle(*cache, b.base);
+    CHECK(ends.size() == 1);
+
+    // A source failure ends it with the source's error.
+    std::string other = random_bytes(1024 * 1024, 22);
+    auto g = cache->start_or_join_fill(sha256_digest(other), other.size());
+    REQUIRE(g.ok());
+    std::optional<Status> failed;
+    g->fill->on_end([&](const Status& st) { failed = st; });
+    g->fill->append(std::string_view(other).substr(0, 1000));
+    g->fill->fail(make_error("test.source", "cut"));
+    REQUIRE(pump(
+        b.base, [&] { return failed.has_value(); }, [] {}));
+    REQUIRE_FALSE(failed->ok());
+    CHECK(failed->error().code == "test.source");
+}
+
+TEST_CASE("on_end is told of a fill the closing cache abandons", "[cache]") {
+    TempDir dir;
+    Base b;
+    auto cache = open_cache(b.base, LmdbCache::options(dir, 64 * 1024 * 1024));
+    std::string data = random_bytes(1024 * 1024, 23);
+    auto h = cache->start_or_join_fill(sha256_digest(data), data.size());
+    REQUIRE(h.ok());
+    std::optional<Status> ended;
+    h->fill->on_end([&](const Status& st) { ended = st; });
+    h->fill->append(std::string_view(data).substr(0, 1000));
+    cache.reset();
+    REQUIRE(ended.has_value());
+    REQUIRE_FALSE(ended->ok());
+    CHECK(ended->error().code == kErrAbandoned);
 }
