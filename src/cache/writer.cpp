@@ -38,6 +38,20 @@ struct Writer::HashState {
     }
 };
 
+// Per op of a batch: what the pre-pass decided (and apply_fill_finish() may revise).
+struct Writer::Prepared {
+    bool skip = false;
+    bool ok = true;
+    Error error;
+};
+
+// Per fill touched by a batch: what to report.
+struct Writer::FillReport {
+    std::uint64_t released = 0;
+    std::uint32_t committed = 0;
+    bool touched = false;
+};
+
 namespace {
 
 std::string sha256_hex_final(EVP_MD_CTX* ctx) {
@@ -62,13 +76,6 @@ EVP_MD_CTX* new_sha256() {
     }
     return ctx;
 }
-
-// Per op of a batch: what the pre-pass decided.
-struct Prepared {
-    bool skip = false;
-    bool ok = true;
-    Error error;
-};
 
 }  // namespace
 
@@ -424,9 +431,16 @@ bool Writer::make_room(std::uint64_t incoming, std::uint64_t shrink_by) {
 
 void Writer::process(std::vector<WriterOp>& batch) {
     std::vector<Prepared> prep(batch.size());
-    std::uint64_t incoming = 0;
-    bool blob_data = false;  // the batch writes chunks of a fill
-    // Pre-pass: what the batch will charge, and the hasher's verdicts.
+    const BatchCharge charge = prepare(batch, prep);
+    make_room(charge.incoming);
+    Status result = write_batch(batch, prep, charge.incoming);
+    if (result) impl_.commits.fetch_add(1);
+    note_write_result(result, charge.blob_data);
+    report(batch, prep, result);
+}
+
+Writer::BatchCharge Writer::prepare(std::vector<WriterOp>& batch, std::vector<Prepared>& prep) {
+    BatchCharge charge;
     for (std::size_t i = 0; i < batch.size(); ++i) {
         WriterOp& op = batch[i];
         Prepared& p = prep[i];
@@ -435,7 +449,7 @@ void Writer::process(std::vector<WriterOp>& batch) {
                 auto fs = std::make_unique<FillState>();
                 fs->digest = op.digest;
                 fills_[op.fill_id] = std::move(fs);
-                incoming += kMetaCharge;
+                charge.incoming += kMetaCharge;
                 break;
             }
             case WriterOp::Kind::fill_chunk: {
@@ -444,8 +458,8 @@ void Writer::process(std::vector<WriterOp>& batch) {
                     p.skip = true;
                     break;
                 }
-                incoming += store_.chunk_charge(op.data->size());
-                blob_data = true;
+                charge.incoming += store_.chunk_charge(op.data->size());
+                charge.blob_data = true;
                 break;
             }
             case WriterOp::Kind::fill_finish: {
@@ -461,23 +475,17 @@ void Writer::process(std::vector<WriterOp>& batch) {
             case WriterOp::Kind::document: {
                 p.ok = op.verified;
                 p.error = op.verify_error;
-                incoming += kMetaCharge + store_.chunk_charge(op.data->size());
+                charge.incoming += kMetaCharge + store_.chunk_charge(op.data->size());
                 break;
             }
             default: break;
         }
     }
+    return charge;
+}
 
-    make_room(incoming);
-
-    // Per fill touched by this batch: what to report.
-    struct FillReport {
-        std::uint64_t released = 0;
-        std::uint32_t committed = 0;
-        bool touched = false;
-    };
-    std::map<std::uint64_t, FillReport> reports;
-
+Status Writer::write_batch(std::vector<WriterOp>& batch, std::vector<Prepared>& prep,
+                           std::uint64_t incoming) {
     Status result;
     for (int attempt = 0; attempt < 4; ++attempt) {
         result = Status{};
@@ -486,147 +494,7 @@ void Writer::process(std::vector<WriterOp>& batch) {
             result = txn.error();
             break;
         }
-        StoreWrite& w = **txn;
-        auto apply = [&]() -> Status {
-            for (std::size_t i = 0; i < batch.size(); ++i) {
-                WriterOp& op = batch[i];
-                Prepared& p = prep[i];
-                if (p.skip) continue;
-                switch (op.kind) {
-                    case WriterOp::Kind::fill_begin: {
-                        FillState& fs = *fills_.at(op.fill_id);
-                        auto old = w.drop_blob(op.digest);  // a stale record of the same digest
-                        if (!old) return old.error();
-                        auto id = w.new_blob_id();
-                        if (!id) return id.error();
-                        fs.blob_id = *id;
-                        BlobMeta m;
-                        m.digest = op.digest;
-                        m.blob_id = *id;
-                        m.state = BlobState::filling;
-                        m.created = m.last_access = op.now;
-                        if (auto st = w.put_meta(m); !st) return st;
-                        break;
-                    }
-                    case WriterOp::Kind::fill_chunk: {
-                        FillState& fs = *fills_.at(op.fill_id);
-                        if (auto st = w.put_chunk(fs.blob_id, op.index, *op.data); !st) return st;
-                        break;
-                    }
-                    case WriterOp::Kind::fill_finish: {
-                        FillState& fs = *fills_.at(op.fill_id);
-                        auto m = w.get_meta(fs.digest);
-                        if (!m) return m.error();
-                        bool ours = *m && (*m)->blob_id == fs.blob_id;
-                        if (p.ok && !ours) {
-                            p.ok = false;
-                            p.error =
-                                make_error(kErrGone, fs.digest + " was evicted while filling");
-                        }
-                        if (p.ok) {
-                            BlobMeta meta = **m;
-                            meta.size = op.size;
-                            meta.state = BlobState::complete;
-                            if (auto st = w.put_meta(meta); !st) return st;
-                        } else if (ours) {
-                            if (auto d = w.drop_blob(fs.digest); !d) return d.error();
-                        }
-                        break;
-                    }
-                    case WriterOp::Kind::fill_abort: {
-                        auto it = fills_.find(op.fill_id);
-                        if (it == fills_.end()) break;
-                        auto m = w.get_meta(it->second->digest);
-                        if (!m) return m.error();
-                        if (*m && (*m)->blob_id == it->second->blob_id &&
-                            (*m)->state == BlobState::filling) {
-                            if (auto d = w.drop_blob(it->second->digest); !d) return d.error();
-                        }
-                        break;
-                    }
-                    case WriterOp::Kind::touch: {
-                        auto m = w.get_meta(op.digest);
-                        if (!m) return m.error();
-                        if (!*m || (*m)->state != BlobState::complete) break;
-                        BlobMeta meta = **m;
-                        meta.last_access = std::max(meta.last_access, op.now);
-                        meta.hits += op.hits;
-                        if (auto st = w.put_meta(meta); !st) return st;
-                        break;
-                    }
-                    case WriterOp::Kind::document: {
-                        if (!p.ok) break;
-                        auto m = w.get_meta(op.digest);
-                        if (!m) return m.error();
-                        if (*m && (*m)->state == BlobState::complete) break;  // same bytes already
-                        if (*m) {
-                            if (auto d = w.drop_blob(op.digest); !d) return d.error();
-                        }
-                        auto id = w.new_blob_id();
-                        if (!id) return id.error();
-                        const std::string& bytes = *op.data;
-                        const std::uint64_t cs = store_.chunk_size();
-                        for (std::uint64_t off = 0, idx = 0; off < bytes.size(); off += cs, ++idx) {
-                            std::string_view piece = std::string_view(bytes).substr(off, cs);
-                            if (auto st = w.put_chunk(*id, static_cast<std::uint32_t>(idx), piece);
-                                !st) {
-                                return st;
-                            }
-                        }
-                        BlobMeta meta;
-                        meta.digest = op.digest;
-                        meta.blob_id = *id;
-                        meta.size = bytes.size();
-                        meta.state = BlobState::complete;
-                        meta.created = meta.last_access = op.now;
-                        meta.media_type = op.media_type;
-                        if (auto st = w.put_meta(meta); !st) return st;
-                        break;
-                    }
-                    case WriterOp::Kind::link: {
-                        std::size_t z = op.digest.find('\0');
-                        std::string_view all(op.digest);
-                        if (auto st = w.link(all.substr(0, z), all.substr(z + 1)); !st) return st;
-                        break;
-                    }
-                    case WriterOp::Kind::tag_put:
-                        if (auto st = w.put_tag(op.digest, op.tag); !st) return st;
-                        break;
-                    case WriterOp::Kind::tag_drop:
-                        if (auto st = w.drop_tag(op.digest); !st) return st;
-                        break;
-                    case WriterOp::Kind::tags_expire: {
-                        auto n = w.drop_tags_checked_before(op.now);
-                        if (!n) return n.error();
-                        if (*n > 0) spdlog::info("cache: dropped {} expired tag records", *n);
-                        break;
-                    }
-                    case WriterOp::Kind::evict: {
-                        auto m = w.get_meta(op.digest);
-                        if (!m) return m.error();
-                        if (!*m || (*m)->state != BlobState::complete) break;
-                        if (!impl_.pins.claim_for_eviction(op.digest)) break;
-                        if (auto d = w.drop_blob(op.digest); !d) return d.error();
-                        garbage_ = true;
-                        break;
-                    }
-                    case WriterOp::Kind::barrier:
-                    case WriterOp::Kind::stop: break;
-                }
-            }
-            if (garbage_) {
-                auto n = w.collect_garbage(impl_.options.gc_batch_chunks);
-                if (!n) return n.error();
-                auto more = w.has_garbage();
-                if (!more) return more.error();
-                garbage_ = *more;
-            }
-            std::uint64_t charged = w.charged_bytes();
-            Status st = w.commit();
-            if (st) impl_.charged_gauge.set(static_cast<std::int64_t>(charged));
-            return st;
-        };
-        result = apply();
+        result = apply_batch(**txn, batch, prep);
         txn->reset();  // end this transaction before make_room() begins another
         impl_.pins.release_claims();
         if (result) break;
@@ -642,20 +510,172 @@ void Writer::process(std::vector<WriterOp>& batch) {
         garbage_ = true;
         make_room(incoming, shrink_by);
     }
-    if (result) impl_.commits.fetch_add(1);
-    note_write_result(result, blob_data);
+    return result;
+}
 
-    std::vector<Completion> done;
+Status Writer::apply_batch(StoreWrite& w, std::vector<WriterOp>& batch,
+                           std::vector<Prepared>& prep) {
     for (std::size_t i = 0; i < batch.size(); ++i) {
-        WriterOp& op = batch[i];
-        Prepared& p = prep[i];
+        if (prep[i].skip) continue;
+        if (auto st = apply(w, batch[i], prep[i]); !st) return st;
+    }
+    if (garbage_) {
+        auto n = w.collect_garbage(impl_.options.gc_batch_chunks);
+        if (!n) return n.error();
+        auto more = w.has_garbage();
+        if (!more) return more.error();
+        garbage_ = *more;
+    }
+    std::uint64_t charged = w.charged_bytes();
+    Status st = w.commit();
+    if (st) impl_.charged_gauge.set(static_cast<std::int64_t>(charged));
+    return st;
+}
+
+Status Writer::apply(StoreWrite& w, const WriterOp& op, Prepared& p) {
+    switch (op.kind) {
+        case WriterOp::Kind::fill_begin: return apply_fill_begin(w, op);
+        case WriterOp::Kind::fill_chunk:
+            return w.put_chunk(fills_.at(op.fill_id)->blob_id, op.index, *op.data);
+        case WriterOp::Kind::fill_finish: return apply_fill_finish(w, op, p);
+        case WriterOp::Kind::fill_abort: return apply_fill_abort(w, op);
+        case WriterOp::Kind::touch: return apply_touch(w, op);
+        case WriterOp::Kind::document: return p.ok ? apply_document(w, op) : Status{};
+        case WriterOp::Kind::link: {
+            std::size_t z = op.digest.find('\0');
+            std::string_view all(op.digest);
+            return w.link(all.substr(0, z), all.substr(z + 1));
+        }
+        case WriterOp::Kind::tag_put: return w.put_tag(op.digest, op.tag);
+        case WriterOp::Kind::tag_drop: return w.drop_tag(op.digest);
+        case WriterOp::Kind::tags_expire: {
+            auto n = w.drop_tags_checked_before(op.now);
+            if (!n) return n.error();
+            if (*n > 0) spdlog::info("cache: dropped {} expired tag records", *n);
+            return Status{};
+        }
+        case WriterOp::Kind::evict: return apply_evict(w, op);
+        case WriterOp::Kind::barrier:
+        case WriterOp::Kind::stop: break;
+    }
+    return Status{};
+}
+
+Status Writer::apply_fill_begin(StoreWrite& w, const WriterOp& op) {
+    FillState& fs = *fills_.at(op.fill_id);
+    auto old = w.drop_blob(op.digest);  // a stale record of the same digest
+    if (!old) return old.error();
+    auto id = w.new_blob_id();
+    if (!id) return id.error();
+    fs.blob_id = *id;
+    BlobMeta m;
+    m.digest = op.digest;
+    m.blob_id = *id;
+    m.state = BlobState::filling;
+    m.created = m.last_access = op.now;
+    return w.put_meta(m);
+}
+
+Status Writer::apply_fill_finish(StoreWrite& w, const WriterOp& op, Prepared& p) {
+    FillState& fs = *fills_.at(op.fill_id);
+    auto m = w.get_meta(fs.digest);
+    if (!m) return m.error();
+    bool ours = *m && (*m)->blob_id == fs.blob_id;
+    if (p.ok && !ours) {
+        p.ok = false;
+        p.error = make_error(kErrGone, fs.digest + " was evicted while filling");
+    }
+    if (p.ok) {
+        BlobMeta meta = **m;
+        meta.size = op.size;
+        meta.state = BlobState::complete;
+        return w.put_meta(meta);
+    }
+    if (ours) {
+        if (auto d = w.drop_blob(fs.digest); !d) return d.error();
+    }
+    return Status{};
+}
+
+Status Writer::apply_fill_abort(StoreWrite& w, const WriterOp& op) {
+    auto it = fills_.find(op.fill_id);
+    if (it == fills_.end()) return Status{};
+    auto m = w.get_meta(it->second->digest);
+    if (!m) return m.error();
+    if (*m && (*m)->blob_id == it->second->blob_id && (*m)->state == BlobState::filling) {
+        if (auto d = w.drop_blob(it->second->digest); !d) return d.error();
+    }
+    return Status{};
+}
+
+Status Writer::apply_touch(StoreWrite& w, const WriterOp& op) {
+    auto m = w.get_meta(op.digest);
+    if (!m) return m.error();
+    if (!*m || (*m)->state != BlobState::complete) return Status{};
+    BlobMeta meta = **m;
+    meta.last_access = std::max(meta.last_access, op.now);
+    meta.hits += op.hits;
+    return w.put_meta(meta);
+}
+
+Status Writer::apply_document(StoreWrite& w, const WriterOp& op) {
+    auto m = w.get_meta(op.digest);
+    if (!m) return m.error();
+    if (*m && (*m)->state == BlobState::complete) return Status{};  // same bytes already
+    if (*m) {
+        if (auto d = w.drop_blob(op.digest); !d) return d.error();
+    }
+    auto id = w.new_blob_id();
+    if (!id) return id.error();
+    const std::string& bytes = *op.data;
+    const std::uint64_t cs = store_.chunk_size();
+    for (std::uint64_t off = 0, idx = 0; off < bytes.size(); off += cs, ++idx) {
+        std::string_view piece = std::string_view(bytes).substr(off, cs);
+        if (auto st = w.put_chunk(*id, static_cast<std::uint32_t>(idx), piece); !st) return st;
+    }
+    BlobMeta meta;
+    meta.digest = op.digest;
+    meta.blob_id = *id;
+    meta.size = bytes.size();
+    meta.state = BlobState::complete;
+    meta.created = meta.last_access = op.now;
+    meta.media_type = op.media_type;
+    return w.put_meta(meta);
+}
+
+Status Writer::apply_evict(StoreWrite& w, const WriterOp& op) {
+    auto m = w.get_meta(op.digest);
+    if (!m) return m.error();
+    if (!*m || (*m)->state != BlobState::complete) return Status{};
+    if (!impl_.pins.claim_for_eviction(op.digest)) return Status{};
+    if (auto d = w.drop_blob(op.digest); !d) return d.error();
+    garbage_ = true;
+    return Status{};
+}
+
+void Writer::report(const std::vector<WriterOp>& batch, const std::vector<Prepared>& prep,
+                    const Status& result) {
+    std::vector<Completion> done;
+    std::map<std::uint64_t, FillReport> reports = report_fills(batch, prep, result, done);
+    std::vector<std::string> to_drop = report_ops(batch, prep, result, done);
+    if (!result) drop_failed_fills(result, reports, std::move(to_drop));
+    post(std::move(done));
+}
+
+std::map<std::uint64_t, Writer::FillReport> Writer::report_fills(const std::vector<WriterOp>& batch,
+                                                                 const std::vector<Prepared>& prep,
+                                                                 const Status& result,
+                                                                 std::vector<Completion>& done) {
+    std::map<std::uint64_t, FillReport> reports;
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+        const WriterOp& op = batch[i];
         switch (op.kind) {
             case WriterOp::Kind::fill_begin: reports[op.fill_id].touched = true; break;
             case WriterOp::Kind::fill_chunk: {
                 FillReport& r = reports[op.fill_id];
                 r.touched = true;
                 r.released += op.data->size();
-                if (result && !p.skip) r.committed = op.index + 1;
+                if (result && !prep[i].skip) r.committed = op.index + 1;
                 break;
             }
             default: break;
@@ -680,10 +700,16 @@ void Writer::process(std::vector<WriterOp>& batch) {
             done.push_back(std::move(f));
         }
     }
+    return reports;
+}
+
+std::vector<std::string> Writer::report_ops(const std::vector<WriterOp>& batch,
+                                            const std::vector<Prepared>& prep, const Status& result,
+                                            std::vector<Completion>& done) {
     std::vector<std::string> to_drop;
     for (std::size_t i = 0; i < batch.size(); ++i) {
-        WriterOp& op = batch[i];
-        Prepared& p = prep[i];
+        const WriterOp& op = batch[i];
+        const Prepared& p = prep[i];
         switch (op.kind) {
             case WriterOp::Kind::fill_finish: {
                 if (p.skip) break;
@@ -691,7 +717,7 @@ void Writer::process(std::vector<WriterOp>& batch) {
                 if (it == fills_.end()) break;
                 if (!result) {
                     to_drop.push_back(it->second->digest);
-                    break;  // reported above
+                    break;  // reported by report_fills()
                 }
                 Completion c;
                 c.kind = Completion::Kind::fill_done;
@@ -734,22 +760,25 @@ void Writer::process(std::vector<WriterOp>& batch) {
             default: break;
         }
     }
-    if (!result) {
-        spdlog::error("cache: write failed, fills in this batch dropped: {}",
-                      result.error().to_string());
-        // Chunks committed by earlier batches of the failed fills: drop them.
-        for (auto& [fid, fs] : fills_) {
-            if (fs->failed && reports.count(fid) > 0) to_drop.push_back(fs->digest);
-        }
-        if (auto txn = store_.begin_write(); txn) {
-            for (const std::string& d : to_drop) {
-                auto m = (*txn)->get_meta(d);
-                if (m && *m && (*m)->state == BlobState::filling) (void)(*txn)->drop_blob(d);
-            }
-            if ((*txn)->commit()) garbage_ = true;
-        }
+    return to_drop;
+}
+
+void Writer::drop_failed_fills(const Status& result,
+                               const std::map<std::uint64_t, FillReport>& reports,
+                               std::vector<std::string> to_drop) {
+    spdlog::error("cache: write failed, fills in this batch dropped: {}",
+                  result.error().to_string());
+    // Chunks committed by earlier batches of the failed fills: drop them.
+    for (auto& [fid, fs] : fills_) {
+        if (fs->failed && reports.count(fid) > 0) to_drop.push_back(fs->digest);
     }
-    post(std::move(done));
+    if (auto txn = store_.begin_write(); txn) {
+        for (const std::string& d : to_drop) {
+            auto m = (*txn)->get_meta(d);
+            if (m && *m && (*m)->state == BlobState::filling) (void)(*txn)->drop_blob(d);
+        }
+        if ((*txn)->commit()) garbage_ = true;
+    }
 }
 
 }  // namespace drayage::cache
