@@ -213,7 +213,12 @@ public:
     void clear_wake() { wake_pending_.store(false); }
     void stop_and_join();
 
-    struct FillState;
+    // A fill the writer has seen begin and not yet finish (writer thread only).
+    struct FillState {
+        std::string digest;
+        std::uint64_t blob_id = 0;
+        bool failed = false;
+    };
     struct HashState;
 
 private:
@@ -221,9 +226,9 @@ private:
     void run();
     void run_hasher();
     void hash(WriterOp& op);
-    // One batch, in one write transaction: prepare() charges it and reads the hasher's
-    // verdicts, write_batch() applies it (apply(): one handler per op kind), retrying after
-    // MDB_MAP_FULL or a full disk, and report() posts the completions.
+    // One batch, in one write transaction (writer_batch.cpp): prepare() charges it and reads
+    // the hasher's verdicts, write_batch() applies it (apply(): one handler per op kind),
+    // retrying after MDB_MAP_FULL or a full disk, and report() posts the completions.
     struct Prepared;
     struct FillReport;
     struct BatchCharge {
