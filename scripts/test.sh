@@ -36,9 +36,9 @@ if [ -z "${DRAYAGE_TEST_QUICK:-}" ]; then
   [ -f build-tsan/build.ninja ] || meson setup build-tsan -Db_sanitize=thread \
       -Dbuildtype=debug >/dev/null
   ninja -C build-tsan tests/unit/cache/test_cache tests/unit/cache/cache_crash_child \
-      tests/unit/registry/test_registry_auth
+      tests/unit/registry/auth/test_registry_auth
   TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/unit/cache/test_cache
-  TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/unit/registry/test_registry_auth
+  TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/unit/registry/auth/test_registry_auth
 
   step "fuzz the request parser (libFuzzer, 60 s)"
   [ -f build-fuzz/build.ninja ] || CXX=clang++ meson setup build-fuzz -Dfuzz=enabled \

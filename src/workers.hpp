@@ -4,8 +4,8 @@
 // connection, to the main loop (registry::make_hit_handler, Exchange::hand_off, Server::adopt).
 // With auth, a worker serves a hit only when it can admit the request itself (no credentials or
 // a Bearer token, through Authenticator::admit_hit, and a committed link of the blob to the
-// repository); Basic credentials and refusals go to the main loop. Plain HTTP only: main()
-// starts no workers with TLS, since a TLS session cannot follow a hand-off.
+// repository); Basic credentials and refusals go to the main loop. Plain HTTP only: serve()
+// (wiring.cpp) starts no workers with TLS, since a TLS session cannot follow a hand-off.
 //
 // Why: one loop thread spends most of its time in the kernel's TCP code when serving small blobs,
 // and a second one doubles what a two-core machine can serve. The main loop keeps everything

@@ -213,7 +213,12 @@ public:
     void clear_wake() { wake_pending_.store(false); }
     void stop_and_join();
 
-    struct FillState;
+    // A fill the writer has seen begin and not yet finish (writer thread only).
+    struct FillState {
+        std::string digest;
+        std::uint64_t blob_id = 0;
+        bool failed = false;
+    };
     struct HashState;
 
 private:
@@ -221,7 +226,38 @@ private:
     void run();
     void run_hasher();
     void hash(WriterOp& op);
+    // One batch, in one write transaction (writer_batch.cpp): prepare() charges it and reads
+    // the hasher's verdicts, write_batch() applies it (apply(): one handler per op kind),
+    // retrying after MDB_MAP_FULL or a full disk, and report() posts the completions.
+    struct Prepared;
+    struct FillReport;
+    struct BatchCharge {
+        std::uint64_t incoming = 0;  // bytes the batch charges against max_size
+        bool blob_data = false;      // the batch writes chunks of a fill
+    };
     void process(std::vector<WriterOp>& batch);
+    BatchCharge prepare(std::vector<WriterOp>& batch, std::vector<Prepared>& prep);
+    Status write_batch(std::vector<WriterOp>& batch, std::vector<Prepared>& prep,
+                       std::uint64_t incoming);
+    Status apply_batch(StoreWrite& w, std::vector<WriterOp>& batch, std::vector<Prepared>& prep);
+    Status apply(StoreWrite& w, const WriterOp& op, Prepared& p);
+    Status apply_fill_begin(StoreWrite& w, const WriterOp& op);
+    Status apply_fill_finish(StoreWrite& w, const WriterOp& op, Prepared& p);
+    Status apply_fill_abort(StoreWrite& w, const WriterOp& op);
+    Status apply_touch(StoreWrite& w, const WriterOp& op);
+    Status apply_document(StoreWrite& w, const WriterOp& op);
+    Status apply_evict(StoreWrite& w, const WriterOp& op);
+    void report(const std::vector<WriterOp>& batch, const std::vector<Prepared>& prep,
+                const Status& result);
+    std::map<std::uint64_t, FillReport> report_fills(const std::vector<WriterOp>& batch,
+                                                     const std::vector<Prepared>& prep,
+                                                     const Status& result,
+                                                     std::vector<Completion>& done);
+    std::vector<std::string> report_ops(const std::vector<WriterOp>& batch,
+                                        const std::vector<Prepared>& prep, const Status& result,
+                                        std::vector<Completion>& done);
+    void drop_failed_fills(const Status& result, const std::map<std::uint64_t, FillReport>& reports,
+                           std::vector<std::string> to_drop);
     bool make_room(std::uint64_t incoming, std::uint64_t shrink_by = 0);
     struct DiskSpace {
         std::uint64_t available = 0;

@@ -131,8 +131,9 @@ constexpr std::array<std::string_view, 9> kStorageClasses{
 
 constexpr std::string_view kUnusedWhy = "a Docker Distribution s3 driver key; drayage ignores it";
 
-const std::vector<Key>& keys() {
-    static const std::vector<Key> table = {
+// The keys, one table per part of the file, in the order keys() lists them.
+std::vector<Key> server_keys() {
+    return {
         {"log.level", EnumKey{DRAYAGE_FIELD(log.level), kLogLevels}},
         {"log.format", EnumKey{DRAYAGE_FIELD(log.format), kLogFormats}},
         {"log.file", StringKey{DRAYAGE_FIELD(log.file)}},
@@ -188,7 +189,11 @@ const std::vector<Key>& keys() {
          MillisKey{DRAYAGE_FIELD(uploads.session_ttl), Millis{1'000}, 7 * 24 * kHour}},
         {"uploads.max_sessions",
          CountKey{DRAYAGE_FIELD(uploads.max_sessions), nullptr, 1, 1'000'000}},
+    };
+}
 
+std::vector<Key> storage_keys() {
+    return {
         {"storage.s3.accesskey", StringKey{DRAYAGE_FIELD(storage.s3->accesskey)}},
         {"storage.s3.secretkey", StringKey{DRAYAGE_FIELD(storage.s3->secretkey), true}},
         {"storage.s3.sessiontoken", StringKey{DRAYAGE_FIELD(storage.s3->sessiontoken), true}},
@@ -219,7 +224,11 @@ const std::vector<Key>& keys() {
          MillisKey{DRAYAGE_FIELD(storage.s3->connect_timeout), Millis{1}, kHour}},
         {"storage.s3.stall_timeout",
          MillisKey{DRAYAGE_FIELD(storage.s3->stall_timeout), Millis{1}, kHour}},
+    };
+}
 
+std::vector<Key> auth_keys() {
+    return {
         {"auth.htpasswd.path", StringKey{DRAYAGE_FIELD(auth->htpasswd_path)}},
         {"auth.token.realm", StringKey{DRAYAGE_FIELD(auth->token_realm), false, check_url}},
         {"auth.token.service",
@@ -232,7 +241,12 @@ const std::vector<Key>& keys() {
         // stop working within a minute.
         {"auth.passthrough_ttl",
          SecondsKey{DRAYAGE_FIELD(auth->passthrough_ttl), Millis{0}, Millis{60'000}}},
+    };
+}
 
+// Keys of the Distribution s3 driver that drayage accepts and ignores, saying why.
+std::vector<Key> ignored_keys() {
+    return {
         {"storage.s3.pathstyle",
          IgnoredKey{ValueType::kBool,
                     "drayage uses path-style requests whenever regionendpoint is set"}},
@@ -252,6 +266,15 @@ const std::vector<Key>& keys() {
         {"storage.s3.usefipsendpoint", IgnoredKey{ValueType::kBool, kUnusedWhy}},
         {"storage.s3.loglevel", IgnoredKey{ValueType::kString, kUnusedWhy}},
     };
+}
+
+const std::vector<Key>& keys() {
+    static const std::vector<Key> table = [] {
+        std::vector<Key> all;
+        for (const auto& part : {server_keys(), storage_keys(), auth_keys(), ignored_keys()})
+            all.insert(all.end(), part.begin(), part.end());
+        return all;
+    }();
     return table;
 }
 
