@@ -47,6 +47,7 @@ struct Components {
     std::unique_ptr<registry::UpstreamRegistry> upstream;
     registry::FrontDeps deps;  // filled by the wire_* steps, then moved into the front
     std::unique_ptr<s3::Client> s3_client;
+    std::shared_ptr<registry::Fetcher> fetcher;  // misses and push read-backs, one flight each
     std::unique_ptr<registry::BlobUploads> uploads;
     std::unique_ptr<registry::Passthrough> passthrough;
     std::unique_ptr<registry::Authenticator> authenticator;
@@ -107,10 +108,17 @@ bool wire_origins(Components& c, const config::Config& cfg) {
         }
         c.s3_client = std::move(*client);
         c.deps.bucket = c.s3_client.get();
-        c.deps.origins.push_back(
-            registry::make_bucket_origin(*c.s3_client, cfg.storage.s3->rootdirectory));
+        c.deps.origins.sources.push_back(
+            {registry::make_bucket_origin(*c.s3_client, cfg.storage.s3->rootdirectory), false});
     }
-    if (c.upstream) c.deps.origins.push_back(registry::make_upstream_origin(*c.upstream));
+    // storage.s3.writethrough: what the upstream sends is kept in the bucket too.
+    if (c.upstream) {
+        c.deps.origins.sources.push_back({registry::make_upstream_origin(*c.upstream),
+                                          cfg.storage.s3 && cfg.storage.s3->writethrough});
+    }
+    c.fetcher = std::make_shared<registry::Fetcher>(
+        *c.cache, c.s3_client.get(), cfg.storage.s3 ? cfg.storage.s3->rootdirectory : "");
+    c.deps.fetcher = c.fetcher;
     return true;
 }
 

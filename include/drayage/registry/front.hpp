@@ -7,9 +7,10 @@
 //   GET  /v2/<name>/tags/list, /v2/_catalog    passed through to the upstream
 //   GET  /healthz, /metrics
 //
-// A blob miss goes through one CacheFill per digest: the first request asks the origins in order
-// and drives the first that has the blob into the fill; every request for that digest (also those
-// arriving while the origins are still being asked) reads from the fill at its own offset and pace.
+// A blob miss goes through the fetch layer (FrontDeps::fetcher, drayage/registry/fetch.hpp): one
+// flight per digest asks the origins in order and drives the first that has the blob into a
+// CacheFill; every request for that digest (also those arriving while the origins are still being
+// asked) reads from the fill at its own offset and pace.
 // Each response carries Content-Length, Content-Type, Docker-Content-Digest, ETag and
 // Accept-Ranges: bytes; errors are Registry API error bodies.
 #pragma once
@@ -22,6 +23,7 @@
 #include "drayage/config/config.hpp"
 #include "drayage/http/server.hpp"
 #include "drayage/registry/auth.hpp"
+#include "drayage/registry/fetch.hpp"
 #include "drayage/registry/origin.hpp"
 #include "drayage/registry/routes.hpp"
 #include "drayage/registry/upstream.hpp"
@@ -36,7 +38,9 @@ struct FrontDeps {
     // The bucket (storage.s3), for write-through of upstream blobs; null without storage.s3.
     s3::Client* bucket = nullptr;
     // Asked in order on a blob miss (typically the S3 origin, then the upstream origin).
-    std::vector<std::shared_ptr<BlobOrigin>> origins;
+    OriginSet origins;
+    // The fetch layer every blob miss goes through (shared with the push path's read-backs).
+    std::shared_ptr<Fetcher> fetcher;
     // Blob uploads (POST/PATCH/PUT/GET/DELETE on /v2/<name>/blobs/uploads/...), with the route
     // already validated. Unset: uploads are answered 405 UNSUPPORTED.
     std::function<void(std::shared_ptr<http::Exchange>, const Route&)> uploads;

@@ -12,7 +12,6 @@
 #include "drayage/util/metrics.hpp"
 #include "drayage/util/text.hpp"
 #include "front_impl.hpp"
-#include "misses.hpp"
 #include "responses.hpp"
 
 namespace drayage::registry {
@@ -351,7 +350,7 @@ void RegistryFront::Impl::serve_proven_blob(const std::shared_ptr<Exchange>& ex,
         (hit ? hits : joins).inc();
         return stream_from_cache(ex, *deps.cache, r.reference, std::string(req.header("Range")));
     }
-    misses->join_or_start(ex, r);
+    serve_miss(ex, r);
 }
 
 void RegistryFront::Impl::head_blob(const std::shared_ptr<Exchange>& ex, const Route& r,
@@ -375,21 +374,22 @@ void RegistryFront::Impl::head_blob(const std::shared_ptr<Exchange>& ex, const R
 
 void RegistryFront::Impl::head_from_origin(const std::shared_ptr<Exchange>& ex, const Route& r,
                                            std::size_t i) {
-    if (i >= deps.origins.size()) {
+    if (i >= deps.origins.sources.size()) {
         ex->set_outcome("miss:none");
         return send_error(*ex, 404, "BLOB_UNKNOWN", "blob unknown to registry");
     }
     auto self = shared_from_this();
-    deps.origins[i]->head(r.name, r.reference, [self, ex, r, i](Result<OriginHead> h) {
-        if (ex->closed()) return;
-        if (!h) {
-            if (h.error().code == "NOT_FOUND") return self->head_from_origin(ex, r, i + 1);
-            return send_origin_error(*ex, h.error(), "BLOB_UNKNOWN");
-        }
-        ex->set_outcome("head:" + std::string(self->deps.origins[i]->name()));
-        ex->send_head_lines(200, blob_head_lines(r.reference), h->size);
-        ex->finish();
-    });
+    deps.origins.sources[i].origin->head(
+        r.name, r.reference, [self, ex, r, i](Result<OriginHead> h) {
+            if (ex->closed()) return;
+            if (!h) {
+                if (h.error().code == "NOT_FOUND") return self->head_from_origin(ex, r, i + 1);
+                return send_origin_error(*ex, h.error(), "BLOB_UNKNOWN");
+            }
+            ex->set_outcome("head:" + std::string(self->deps.origins.sources[i].origin->name()));
+            ex->send_head_lines(200, blob_head_lines(r.reference), h->size);
+            ex->finish();
+        });
 }
 
 }  // namespace drayage::registry

@@ -1,7 +1,7 @@
 // Blob serving (src/registry/front/blob_serving.cpp): GET and HEAD of blobs in the cache,
 // complete or still filling, with Range; the hit workers' handler (make_hit_handler); a HEAD
 // answered from the origins when the cache does not have the blob. A GET of a blob the cache
-// does not have goes to BlobMisses (misses.hpp), which comes back here through
+// does not have goes to serve_miss (misses.cpp) and the fetch layer, and comes back here through
 // stream_from_cache once the blob's fill exists.
 #pragma once
 

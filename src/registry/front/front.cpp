@@ -8,7 +8,6 @@
 #include "drayage/util/clock.hpp"
 #include "drayage/util/metrics.hpp"
 #include "front_impl.hpp"
-#include "misses.hpp"
 #include "responses.hpp"
 
 namespace drayage::registry {
@@ -16,9 +15,7 @@ namespace drayage::registry {
 using http::Exchange;
 using namespace front;  // NOLINT(google-build-using-namespace): the front's own parts
 
-RegistryFront::Impl::Impl(FrontDeps d)
-    : deps(std::move(d)),
-      misses(std::make_shared<BlobMisses>(deps.cache, deps.config, deps.bucket, deps.origins)) {
+RegistryFront::Impl::Impl(FrontDeps d) : deps(std::move(d)) {
     // Records too old to be served stale would only be refetched: drop them, which also
     // bounds how many there are.
     if (deps.cache != nullptr && deps.config != nullptr) {

@@ -6,8 +6,8 @@
 //                      mounts, and the repository/digest proof (prove_blob) a blob needs
 //   blob_serving.cpp   blobs in the cache (hits, joins of a filling blob, Range, HEAD) and the
 //                      hit workers' handler (blob_serving.hpp)
-//   misses.cpp         a blob the cache does not have: one flight per digest from the origins
-//                      into a CacheFill, write-through to the bucket (BlobMisses, misses.hpp)
+//   misses.cpp         a blob the cache does not have: asks the fetch layer (Fetcher, one flight
+//                      per digest, write-through) and answers from what it says
 //   uncached_stream.cpp  a blob the cache cannot store, verified on its way to one client
 //   upstream_origin.cpp  the upstream registry as a BlobOrigin
 //   manifests.cpp      manifests by digest and by tag: the tag records, TTL, revalidation,
@@ -32,17 +32,10 @@
 
 namespace drayage::registry {
 
-namespace front {
-class BlobMisses;
-}
-
 struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
     using Clock = std::chrono::steady_clock;
 
     FrontDeps deps;
-
-    // Blob GETs that found the blob absent from the cache (misses.cpp).
-    std::shared_ptr<front::BlobMisses> misses;
 
     // Tag -> manifest digest, for revalidation and stale-if-error. Every change is also written
     // to the cache's tag records, so that a restarted mirror knows its tags while the upstream is
@@ -86,6 +79,11 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
     void head_blob(const std::shared_ptr<http::Exchange>& ex, const Route& r,
                    const cache::Lookup& l);
     void head_from_origin(const std::shared_ptr<http::Exchange>& ex, const Route& r, std::size_t i);
+
+    // ----- misses (misses.cpp) ---------------------------------------------------------------
+    // A GET of a blob the cache does not have (admitted and proven): fetched through
+    // deps.fetcher, then served from the fill, streamed uncached, or answered with the error.
+    void serve_miss(const std::shared_ptr<http::Exchange>& ex, const Route& r);
 
     // ----- manifests and tags (manifests.cpp) ------------------------------------------------
     void remember_tag(const std::string& key, const std::string& digest,
