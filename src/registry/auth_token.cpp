@@ -12,8 +12,8 @@
 
 #include "drayage/http/errors.hpp"
 #include "drayage/registry/auth.hpp"
-#include "drayage/s3/sigv4.hpp"
 #include "drayage/util/clock.hpp"
+#include "drayage/util/digest.hpp"
 #include "drayage/util/metrics.hpp"
 #include "drayage/util/text.hpp"
 
@@ -222,7 +222,7 @@ std::string sign_token(const TokenClaims& c, std::string_view key) {
                     {"jti", c.jti}, {"access", access}, {"drayage_typ", c.typ}};
     std::string signing_input =
         base64url_encode(dump(header)) + "." + base64url_encode(dump(payload));
-    return signing_input + "." + base64url_encode(s3::hmac_sha256(key, signing_input));
+    return signing_input + "." + base64url_encode(digest::hmac_sha256(key, signing_input));
 }
 
 Result<TokenClaims> verify_token(std::string_view token, std::string_view key,
@@ -239,7 +239,7 @@ Result<TokenClaims> verify_token(std::string_view token, std::string_view key,
     json header = json::parse(*header_bytes, nullptr, false);
     if (!header.is_object() || !header.contains("alg") || header["alg"] != "HS256")
         return invalid("alg is not HS256");
-    std::string expect = s3::hmac_sha256(key, signing_input);
+    std::string expect = digest::hmac_sha256(key, signing_input);
     if (signature->size() != expect.size() ||
         CRYPTO_memcmp(signature->data(), expect.data(), expect.size()) != 0)
         return invalid("bad signature");
@@ -344,7 +344,7 @@ Status Authenticator::reload(const config::AuthConfig& config) {
 }
 
 std::string Authenticator::credentials_key(std::string_view user, std::string_view password) const {
-    return s3::hmac_sha256(cache_key_, std::string(user) + '\0' + std::string(password));
+    return digest::hmac_sha256(cache_key_, std::string(user) + '\0' + std::string(password));
 }
 
 std::optional<bool> Authenticator::known_answer(const std::string& key) {

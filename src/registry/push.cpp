@@ -3,11 +3,10 @@
 
 #include <event2/event.h>
 #include <fmt/format.h>
-#include <openssl/evp.h>
 #include <spdlog/spdlog.h>
 
-#include <array>
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -18,7 +17,7 @@
 #include "drayage/s3/layout.hpp"
 #include "drayage/s3/multipart.hpp"
 #include "drayage/s3/retry.hpp"
-#include "drayage/s3/sigv4.hpp"
+#include "drayage/util/digest.hpp"
 #include "drayage/util/metrics.hpp"
 #include "drayage/util/text.hpp"
 
@@ -64,25 +63,6 @@ std::string sanitize_node(std::string_view node) {
     return out.empty() ? "node" : out;
 }
 
-struct MdCtxDeleter {
-    void operator()(EVP_MD_CTX* c) const { EVP_MD_CTX_free(c); }
-};
-using MdCtx = std::unique_ptr<EVP_MD_CTX, MdCtxDeleter>;
-
-// A sha256 context ready for updates; null when OpenSSL cannot make one.
-MdCtx new_sha256() {
-    MdCtx ctx(EVP_MD_CTX_new());
-    if (ctx && EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) ctx.reset();
-    return ctx;
-}
-
-std::string final_hex(EVP_MD_CTX* ctx) {
-    std::array<unsigned char, EVP_MAX_MD_SIZE> md{};
-    unsigned int len = 0;
-    EVP_DigestFinal_ex(ctx, md.data(), &len);
-    return s3::hex_encode(std::string_view(reinterpret_cast<const char*>(md.data()), len));
-}
-
 struct EventDeleter {
     void operator()(event* e) const { event_free(e); }
 };
@@ -115,7 +95,7 @@ struct Session {
     std::string repo;
     std::string key;  // where `upload` writes: the temporary key, or the blob's data key (direct)
     bool direct = false;
-    MdCtx sha;
+    std::optional<digest::Sha256> sha;
     std::shared_ptr<s3::MultipartUpload> upload;
     std::uint64_t offset = 0;
     Clock::time_point touched = Clock::now();
@@ -229,7 +209,7 @@ struct BlobUploads::Impl : std::enable_shared_from_this<BlobUploads::Impl> {
         s->repo = repo;
         s->direct = direct;
         s->key = key.empty() ? node_prefix + s->uuid + "/data" : std::move(key);
-        s->sha = new_sha256();
+        s->sha = digest::Sha256::start();
         if (!s->sha) return nullptr;
         s3::MultipartUpload::Options mo;
         mo.key = s->key;
@@ -308,7 +288,7 @@ struct BlobUploads::Impl : std::enable_shared_from_this<BlobUploads::Impl> {
         h.on_data = [self, s, ex](std::string_view data) {
             if (s->ended) return;
             if (s->upload->failed()) return self->storage_failed(s, ex);
-            EVP_DigestUpdate(s->sha.get(), data.data(), data.size());
+            s->sha->update(data);
             s->offset += data.size();
             s->touched = Clock::now();
             bytes_counter().inc(data.size());
@@ -439,18 +419,19 @@ struct BlobUploads::Impl : std::enable_shared_from_this<BlobUploads::Impl> {
     // a blob in a repository one cannot read must not make it readable under one's own.
     void verify_then_link(const std::shared_ptr<Exchange>& ex, const std::string& repo,
                           const BlobDigest& d) {
-        std::shared_ptr<EVP_MD_CTX> sha = new_sha256();
-        if (!sha) return send_error(*ex, 500, "UNKNOWN", "cannot hash the upload");
+        auto started = digest::Sha256::start();
+        if (!started) return send_error(*ex, 500, "UNKNOWN", "cannot hash the upload");
+        auto sha = std::make_shared<digest::Sha256>(std::move(*started));
         auto received = std::make_shared<std::uint64_t>(0);
         auto self = shared_from_this();
         http::BodyHandlers h;
         h.on_data = [sha, received](std::string_view data) {
-            EVP_DigestUpdate(sha.get(), data.data(), data.size());
+            sha->update(data);
             *received += data.size();
             bytes_counter().inc(data.size());
         };
         h.on_end = [self, ex, repo, d, sha, received] {
-            std::string hex = final_hex(sha.get());
+            std::string hex = sha->finish_hex();
             if (hex != d.hex()) {
                 spdlog::info(
                     "monolithic upload to {}: digest {} (in the bucket) given, sha256:{} "
@@ -514,7 +495,7 @@ struct BlobUploads::Impl : std::enable_shared_from_this<BlobUploads::Impl> {
         s->busy = true;
         s->ended = true;  // from here on the session cannot be written, expired or cancelled
         drop_session(s);
-        std::string hex = final_hex(s->sha.get());
+        std::string hex = s->sha->finish_hex();
         if (digest.algorithm() != DigestAlgorithm::sha256 || hex != digest.hex()) {
             spdlog::info("upload {} of {}: digest {} given, sha256:{} received ({} bytes)", s->uuid,
                          s->repo, digest.str(), hex, s->offset);

@@ -8,7 +8,7 @@
 #include <string>
 
 #include "drayage/registry/push.hpp"
-#include "drayage/s3/sigv4.hpp"
+#include "drayage/util/digest.hpp"
 #include "drayage/util/text.hpp"
 
 namespace drayage::registry {
@@ -59,7 +59,7 @@ std::string new_upload_uuid() {
     b[6] = static_cast<unsigned char>((b[6] & 0x0f) | 0x40);  // version 4
     b[8] = static_cast<unsigned char>((b[8] & 0x3f) | 0x80);  // RFC 4122 variant
     std::string h =
-        s3::hex_encode(std::string_view(reinterpret_cast<const char*>(b.data()), b.size()));
+        digest::hex_encode(std::string_view(reinterpret_cast<const char*>(b.data()), b.size()));
     return h.substr(0, 8) + "-" + h.substr(8, 4) + "-" + h.substr(12, 4) + "-" + h.substr(16, 4) +
            "-" + h.substr(20);
 }
