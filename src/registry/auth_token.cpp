@@ -15,6 +15,7 @@
 #include "drayage/util/clock.hpp"
 #include "drayage/util/digest.hpp"
 #include "drayage/util/metrics.hpp"
+#include "drayage/util/query.hpp"
 #include "drayage/util/text.hpp"
 
 namespace drayage::registry {
@@ -78,39 +79,6 @@ std::optional<std::string> decode64(std::string_view text, std::string_view alph
     // The last character's low `bits` bits belong to no byte: another value there would be a
     // second spelling of the same bytes.
     if (canonical && (v & ((1U << bits) - 1)) != 0) return std::nullopt;
-    return out;
-}
-
-// application/x-www-form-urlencoded (and query strings): '+' is a space, %XX a byte.
-std::string form_decode(std::string_view s) {
-    std::string out;
-    for (std::size_t i = 0; i < s.size(); ++i) {
-        char c = s[i];
-        if (c == '+') {
-            out += ' ';
-        } else if (c == '%' && i + 2 < s.size() &&
-                   std::isxdigit(static_cast<unsigned char>(s[i + 1])) &&
-                   std::isxdigit(static_cast<unsigned char>(s[i + 2]))) {
-            out += static_cast<char>(std::stoi(std::string(s.substr(i + 1, 2)), nullptr, 16));
-            i += 2;
-        } else {
-            out += c;
-        }
-    }
-    return out;
-}
-
-std::multimap<std::string, std::string> parse_form(std::string_view s) {
-    std::multimap<std::string, std::string> out;
-    while (!s.empty()) {
-        std::string_view pair = s.substr(0, s.find('&'));
-        s.remove_prefix(std::min(s.size(), pair.size() + 1));
-        if (pair.empty()) continue;
-        auto eq = pair.find('=');
-        out.emplace(form_decode(pair.substr(0, eq)), eq == std::string_view::npos
-                                                         ? std::string()
-                                                         : form_decode(pair.substr(eq + 1)));
-    }
     return out;
 }
 
@@ -676,7 +644,7 @@ void Authenticator::issue(http::Exchange& ex, const Principal& who, bool local,
 
 void Authenticator::token_get(const std::shared_ptr<http::Exchange>& ex) {
     const http::Request& req = ex->request();
-    auto q = parse_form(req.query);
+    auto q = query::parse(req.query);
     std::string service = first(q, "service");
     if (!service.empty() && service != config_.token_service)
         return ex->respond(
@@ -703,7 +671,7 @@ void Authenticator::handle_token(const std::shared_ptr<http::Exchange>& ex) {
     const http::Request& req = ex->request();
     if (req.method == "GET") {
         std::size_t asked = 0;
-        for (const auto& [k, v] : parse_form(req.query))
+        for (const auto& [k, v] : query::parse(req.query))
             if (k == "scope") asked += count_scopes(v);
         if (too_many_scopes(*ex, asked)) return;
         // The credentials are checked off the loop first when they are new (prepare()).
@@ -726,7 +694,7 @@ void Authenticator::handle_token(const std::shared_ptr<http::Exchange>& ex) {
     h.on_error = [](const Error&) {};  // the server answers 413/408/400 by itself
     h.on_end = [this, e = ex, body] {
         if (e->closed()) return;
-        auto f = parse_form(*body);
+        auto f = query::parse(*body);
         std::string grant_type = first(f, "grant_type");
         std::string service = first(f, "service");
         if (!service.empty() && service != config_.token_service)

@@ -19,6 +19,7 @@
 #include "drayage/s3/retry.hpp"
 #include "drayage/util/digest.hpp"
 #include "drayage/util/metrics.hpp"
+#include "drayage/util/query.hpp"
 #include "drayage/util/text.hpp"
 
 namespace drayage::registry {
@@ -329,17 +330,17 @@ struct BlobUploads::Impl : std::enable_shared_from_this<BlobUploads::Impl> {
     // usable mount= is what that check vetted. digest= is vetted by the body itself.
     void post(const std::shared_ptr<Exchange>& ex, const Route& r) {
         const std::string& q = ex->request().query;
-        if (auto mount = query_param(q, "mount")) {
+        if (auto mount = query::param(q, "mount")) {
             auto d = BlobDigest::parse(*mount);
             // An unusable mount request falls back to an upload, as Distribution does.
-            if (d) return mount_blob(ex, r, *d, query_param(q, "from").value_or(""));
+            if (d) return mount_blob(ex, r, *d, query::param(q, "from").value_or(""));
         }
         post_upload(ex, r);
     }
 
     // POST without a mount: a monolithic upload with ?digest=, else a new session.
     void post_upload(const std::shared_ptr<Exchange>& ex, const Route& r) {
-        if (auto digest = query_param(ex->request().query, "digest"))
+        if (auto digest = query::param(ex->request().query, "digest"))
             return post_monolithic(ex, r, *digest);
         start_session(ex, r);
     }
@@ -479,7 +480,7 @@ struct BlobUploads::Impl : std::enable_shared_from_this<BlobUploads::Impl> {
 
     void put(const std::shared_ptr<Exchange>& ex, const std::shared_ptr<Session>& s) {
         if (s->busy) return busy(*ex);
-        auto digest_text = query_param(ex->request().query, "digest");
+        auto digest_text = query::param(ex->request().query, "digest");
         if (!digest_text)
             return send_error(*ex, 400, "DIGEST_INVALID", "the final PUT needs ?digest=");
         auto d = BlobDigest::parse(*digest_text);
