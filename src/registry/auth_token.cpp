@@ -10,7 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "drayage/http/errors.hpp"
+#include "drayage/registry/api.hpp"
 #include "drayage/registry/auth.hpp"
 #include "drayage/util/clock.hpp"
 #include "drayage/util/digest.hpp"
@@ -462,18 +462,12 @@ std::string Authenticator::realm_for(const http::Request& request) const {
 
 namespace {
 
-// The 401 of both challenges: counted, with a Registry API error body except for HEAD.
-void send_unauthorized(http::Exchange& ex, http::HeaderList h, std::string_view message) {
+// The 401 of both challenges (`challenge`: the WWW-Authenticate header), counted.
+void send_unauthorized(http::Exchange& ex, std::string challenge, std::string_view message) {
     metrics::global()
         .counter("drayage_auth_denied_total", "Requests answered 401 by the auth layer.")
         .inc();
-    if (ex.request().method == "HEAD") {
-        ex.send_head(401, std::move(h), 0);
-        ex.finish();
-        return;
-    }
-    h.emplace_back("Content-Type", "application/json");
-    ex.respond(401, std::move(h), http::registry_error_body("UNAUTHORIZED", message));
+    api::send_error(ex, 401, "UNAUTHORIZED", message, {{"WWW-Authenticate", std::move(challenge)}});
 }
 
 }  // namespace
@@ -483,15 +477,11 @@ void Authenticator::challenge(http::Exchange& ex, std::string_view scope,
     std::string value = "Bearer realm=\"" + realm_for(ex.request()) + "\",service=\"" +
                         config_.token_service + "\"";
     if (!scope.empty()) value += ",scope=\"" + std::string(scope) + "\"";
-    http::HeaderList h{{"Docker-Distribution-API-Version", "registry/2.0"},
-                       {"WWW-Authenticate", value}};
-    send_unauthorized(ex, std::move(h), message);
+    send_unauthorized(ex, std::move(value), message);
 }
 
 void Authenticator::challenge_basic(http::Exchange& ex, std::string_view message) const {
-    http::HeaderList h{{"Docker-Distribution-API-Version", "registry/2.0"},
-                       {"WWW-Authenticate", "Basic realm=\"" + config_.token_service + "\""}};
-    send_unauthorized(ex, std::move(h), message);
+    send_unauthorized(ex, "Basic realm=\"" + config_.token_service + "\"", message);
 }
 
 namespace {

@@ -11,7 +11,7 @@
 #include <utility>
 #include <vector>
 
-#include "drayage/http/errors.hpp"
+#include "drayage/registry/api.hpp"
 #include "drayage/registry/bucket_origin.hpp"
 #include "drayage/registry/reference.hpp"
 #include "drayage/s3/layout.hpp"
@@ -32,18 +32,7 @@ using Clock = std::chrono::steady_clock;
 // How often idle sessions are checked for expiry and paused writers for a failed uploader.
 constexpr std::chrono::seconds kSweepInterval{1};
 
-HeaderList api_headers() {
-    return {{"Docker-Distribution-API-Version", "registry/2.0"}};
-}
-
-void send_error(Exchange& ex, int status, std::string_view code, std::string_view message,
-                HeaderList extra = {}) {
-    HeaderList h = api_headers();
-    h.emplace_back("Content-Type", "application/json");
-    for (auto& kv : extra)
-        h.push_back(std::move(kv));
-    ex.respond(status, std::move(h), http::registry_error_body(code, message));
-}
+using api::send_error;
 
 // An S3 failure as the pushing client sees it: 503 makes docker and skopeo retry the push.
 void send_storage_error(Exchange& ex, const Error& e) {
@@ -168,7 +157,7 @@ struct BlobUploads::Impl : std::enable_shared_from_this<BlobUploads::Impl> {
         if (m == "DELETE") {
             if (s->busy) return busy(*ex);
             cancel(s, "cancelled by the client");
-            HeaderList h = api_headers();
+            HeaderList h = api::headers();
             ex->send_head(204, std::move(h), 0);
             return ex->finish();
         }
@@ -187,7 +176,7 @@ struct BlobUploads::Impl : std::enable_shared_from_this<BlobUploads::Impl> {
     }
 
     static HeaderList session_headers(const Session& s) {
-        HeaderList h = api_headers();
+        HeaderList h = api::headers();
         h.emplace_back("Location", upload_location(s));
         h.emplace_back("Range", upload_range_header(s.offset));
         h.emplace_back("Docker-Upload-UUID", s.uuid);
@@ -195,7 +184,7 @@ struct BlobUploads::Impl : std::enable_shared_from_this<BlobUploads::Impl> {
     }
 
     static void respond_created(Exchange& ex, const std::string& repo, const BlobDigest& d) {
-        HeaderList h = api_headers();
+        HeaderList h = api::headers();
         h.emplace_back("Location", "/v2/" + repo + "/blobs/" + d.str());
         h.emplace_back("Docker-Content-Digest", d.str());
         ex.respond(201, std::move(h), "");
@@ -466,7 +455,7 @@ struct BlobUploads::Impl : std::enable_shared_from_this<BlobUploads::Impl> {
             auto range = parse_upload_range(cr);
             if (!range || range->first != s->offset) {
                 HeaderList extra = session_headers(*s);
-                extra.erase(extra.begin());  // the API header is added by send_error
+                extra.erase(extra.begin());  // send_error adds the API header
                 return send_error(*ex, 416, "RANGE_INVALID",
                                   fmt::format("the upload continues at byte {}", s->offset),
                                   std::move(extra));
