@@ -18,6 +18,7 @@
 
 #include "cache_impl.hpp"
 #include "drayage/util/clock.hpp"
+#include "drayage/util/digest.hpp"
 #include "drayage/util/log.hpp"
 
 namespace drayage::cache {
@@ -38,14 +39,7 @@ std::string sha256_hex_final(EVP_MD_CTX* ctx) {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int len = 0;
     EVP_DigestFinal_ex(ctx, md, &len);
-    std::string hex;
-    hex.reserve(2 * len);
-    static const char* digits = "0123456789abcdef";
-    for (unsigned int i = 0; i < len; ++i) {
-        hex.push_back(digits[md[i] >> 4]);
-        hex.push_back(digits[md[i] & 0xf]);
-    }
-    return hex;
+    return digest::hex_encode(std::string_view(reinterpret_cast<const char*>(md), len));
 }
 
 EVP_MD_CTX* new_sha256() {

@@ -10,7 +10,7 @@
 #include <string>
 #include <utility>
 
-#include "drayage/http/errors.hpp"
+#include "drayage/registry/api.hpp"
 #include "drayage/registry/routes.hpp"
 #include "drayage/registry/upstream.hpp"
 #include "drayage/util/text.hpp"
@@ -156,7 +156,7 @@ struct Passthrough::Impl : std::enable_shared_from_this<Passthrough::Impl> {
 
     void handle(const std::shared_ptr<Exchange>& ex) {
         if (options.upstream_url.empty()) {
-            respond_error(*ex, 405, "UNSUPPORTED", "no registry behind drayage to forward to");
+            api::send_error(*ex, 405, "UNSUPPORTED", "no registry behind drayage to forward to");
             return;
         }
         auto fw = std::make_shared<Forward>();
@@ -176,13 +176,13 @@ struct Passthrough::Impl : std::enable_shared_from_this<Passthrough::Impl> {
                              got.error().to_string());
                 fw->stop();
                 if (got.error().code == "UNAUTHORIZED") {
-                    return respond_error(*fw->ex, 403, "DENIED",
-                                         "the registry behind drayage refused drayage's upstream "
-                                         "credentials: " +
-                                             got.error().message);
+                    return api::send_error(*fw->ex, 403, "DENIED",
+                                           "the registry behind drayage refused drayage's upstream "
+                                           "credentials: " +
+                                               got.error().message);
                 }
-                return respond_error(*fw->ex, 502, "UNAVAILABLE",
-                                     "upstream unavailable: " + got.error().message);
+                return api::send_error(*fw->ex, 502, "UNAVAILABLE",
+                                       "upstream unavailable: " + got.error().message);
             }
             fw->scope = scope;
             fw->authorization = std::move(*got);
@@ -284,8 +284,8 @@ struct Passthrough::Impl : std::enable_shared_from_this<Passthrough::Impl> {
                 if (!fw->ex->head_sent()) {
                     spdlog::warn("passthrough {} {}: upstream failed: {}", fw->ex->request().method,
                                  fw->ex->request().path, st.error().to_string());
-                    respond_error(*fw->ex, 502, "UNAVAILABLE",
-                                  "upstream unavailable: " + st.error().message);
+                    api::send_error(*fw->ex, 502, "UNAVAILABLE",
+                                    "upstream unavailable: " + st.error().message);
                 } else {
                     fw->ex->abort();
                 }
@@ -325,17 +325,10 @@ struct Passthrough::Impl : std::enable_shared_from_this<Passthrough::Impl> {
             fw.ex->request().method, fw.ex->request().path,
             fw.authorization.empty() ? " (none are configured)" : "");
         fw.stop();
-        respond_error(*fw.ex, 403, "DENIED",
-                      "the registry behind drayage refused drayage's upstream credentials for "
-                      "this request");
+        api::send_error(*fw.ex, 403, "DENIED",
+                        "the registry behind drayage refused drayage's upstream credentials for "
+                        "this request");
         return false;
-    }
-
-    static void respond_error(Exchange& ex, int status, std::string_view code,
-                              const std::string& message) {
-        http::HeaderList h{{"Docker-Distribution-API-Version", "registry/2.0"},
-                           {"Content-Type", "application/json"}};
-        ex.respond(status, std::move(h), http::registry_error_body(code, message));
     }
 };
 

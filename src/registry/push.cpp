@@ -3,23 +3,23 @@
 
 #include <event2/event.h>
 #include <fmt/format.h>
-#include <openssl/evp.h>
 #include <spdlog/spdlog.h>
 
-#include <array>
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
-#include "drayage/http/errors.hpp"
+#include "drayage/registry/api.hpp"
 #include "drayage/registry/bucket_origin.hpp"
 #include "drayage/registry/reference.hpp"
 #include "drayage/s3/layout.hpp"
 #include "drayage/s3/multipart.hpp"
 #include "drayage/s3/retry.hpp"
-#include "drayage/s3/sigv4.hpp"
+#include "drayage/util/digest.hpp"
 #include "drayage/util/metrics.hpp"
+#include "drayage/util/query.hpp"
 #include "drayage/util/text.hpp"
 
 namespace drayage::registry {
@@ -32,18 +32,7 @@ using Clock = std::chrono::steady_clock;
 // How often idle sessions are checked for expiry and paused writers for a failed uploader.
 constexpr std::chrono::seconds kSweepInterval{1};
 
-HeaderList api_headers() {
-    return {{"Docker-Distribution-API-Version", "registry/2.0"}};
-}
-
-void send_error(Exchange& ex, int status, std::string_view code, std::string_view message,
-                HeaderList extra = {}) {
-    HeaderList h = api_headers();
-    h.emplace_back("Content-Type", "application/json");
-    for (auto& kv : extra)
-        h.push_back(std::move(kv));
-    ex.respond(status, std::move(h), http::registry_error_body(code, message));
-}
+using api::send_error;
 
 // An S3 failure as the pushing client sees it: 503 makes docker and skopeo retry the push.
 void send_storage_error(Exchange& ex, const Error& e) {
@@ -62,25 +51,6 @@ std::string sanitize_node(std::string_view node) {
         out.push_back(ok ? c : '_');
     }
     return out.empty() ? "node" : out;
-}
-
-struct MdCtxDeleter {
-    void operator()(EVP_MD_CTX* c) const { EVP_MD_CTX_free(c); }
-};
-using MdCtx = std::unique_ptr<EVP_MD_CTX, MdCtxDeleter>;
-
-// A sha256 context ready for updates; null when OpenSSL cannot make one.
-MdCtx new_sha256() {
-    MdCtx ctx(EVP_MD_CTX_new());
-    if (ctx && EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) ctx.reset();
-    return ctx;
-}
-
-std::string final_hex(EVP_MD_CTX* ctx) {
-    std::array<unsigned char, EVP_MAX_MD_SIZE> md{};
-    unsigned int len = 0;
-    EVP_DigestFinal_ex(ctx, md.data(), &len);
-    return s3::hex_encode(std::string_view(reinterpret_cast<const char*>(md.data()), len));
 }
 
 struct EventDeleter {
@@ -115,7 +85,7 @@ struct Session {
     std::string repo;
     std::string key;  // where `upload` writes: the temporary key, or the blob's data key (direct)
     bool direct = false;
-    MdCtx sha;
+    std::optional<digest::Sha256> sha;
     std::shared_ptr<s3::MultipartUpload> upload;
     std::uint64_t offset = 0;
     Clock::time_point touched = Clock::now();
@@ -187,7 +157,7 @@ struct BlobUploads::Impl : std::enable_shared_from_this<BlobUploads::Impl> {
         if (m == "DELETE") {
             if (s->busy) return busy(*ex);
             cancel(s, "cancelled by the client");
-            HeaderList h = api_headers();
+            HeaderList h = api::headers();
             ex->send_head(204, std::move(h), 0);
             return ex->finish();
         }
@@ -206,7 +176,7 @@ struct BlobUploads::Impl : std::enable_shared_from_this<BlobUploads::Impl> {
     }
 
     static HeaderList session_headers(const Session& s) {
-        HeaderList h = api_headers();
+        HeaderList h = api::headers();
         h.emplace_back("Location", upload_location(s));
         h.emplace_back("Range", upload_range_header(s.offset));
         h.emplace_back("Docker-Upload-UUID", s.uuid);
@@ -214,7 +184,7 @@ struct BlobUploads::Impl : std::enable_shared_from_this<BlobUploads::Impl> {
     }
 
     static void respond_created(Exchange& ex, const std::string& repo, const BlobDigest& d) {
-        HeaderList h = api_headers();
+        HeaderList h = api::headers();
         h.emplace_back("Location", "/v2/" + repo + "/blobs/" + d.str());
         h.emplace_back("Docker-Content-Digest", d.str());
         ex.respond(201, std::move(h), "");
@@ -229,7 +199,7 @@ struct BlobUploads::Impl : std::enable_shared_from_this<BlobUploads::Impl> {
         s->repo = repo;
         s->direct = direct;
         s->key = key.empty() ? node_prefix + s->uuid + "/data" : std::move(key);
-        s->sha = new_sha256();
+        s->sha = digest::Sha256::start();
         if (!s->sha) return nullptr;
         s3::MultipartUpload::Options mo;
         mo.key = s->key;
@@ -308,7 +278,7 @@ struct BlobUploads::Impl : std::enable_shared_from_this<BlobUploads::Impl> {
         h.on_data = [self, s, ex](std::string_view data) {
             if (s->ended) return;
             if (s->upload->failed()) return self->storage_failed(s, ex);
-            EVP_DigestUpdate(s->sha.get(), data.data(), data.size());
+            s->sha->update(data);
             s->offset += data.size();
             s->touched = Clock::now();
             bytes_counter().inc(data.size());
@@ -349,17 +319,17 @@ struct BlobUploads::Impl : std::enable_shared_from_this<BlobUploads::Impl> {
     // usable mount= is what that check vetted. digest= is vetted by the body itself.
     void post(const std::shared_ptr<Exchange>& ex, const Route& r) {
         const std::string& q = ex->request().query;
-        if (auto mount = query_param(q, "mount")) {
+        if (auto mount = query::param(q, "mount")) {
             auto d = BlobDigest::parse(*mount);
             // An unusable mount request falls back to an upload, as Distribution does.
-            if (d) return mount_blob(ex, r, *d, query_param(q, "from").value_or(""));
+            if (d) return mount_blob(ex, r, *d, query::param(q, "from").value_or(""));
         }
         post_upload(ex, r);
     }
 
     // POST without a mount: a monolithic upload with ?digest=, else a new session.
     void post_upload(const std::shared_ptr<Exchange>& ex, const Route& r) {
-        if (auto digest = query_param(ex->request().query, "digest"))
+        if (auto digest = query::param(ex->request().query, "digest"))
             return post_monolithic(ex, r, *digest);
         start_session(ex, r);
     }
@@ -439,18 +409,19 @@ struct BlobUploads::Impl : std::enable_shared_from_this<BlobUploads::Impl> {
     // a blob in a repository one cannot read must not make it readable under one's own.
     void verify_then_link(const std::shared_ptr<Exchange>& ex, const std::string& repo,
                           const BlobDigest& d) {
-        std::shared_ptr<EVP_MD_CTX> sha = new_sha256();
-        if (!sha) return send_error(*ex, 500, "UNKNOWN", "cannot hash the upload");
+        auto started = digest::Sha256::start();
+        if (!started) return send_error(*ex, 500, "UNKNOWN", "cannot hash the upload");
+        auto sha = std::make_shared<digest::Sha256>(std::move(*started));
         auto received = std::make_shared<std::uint64_t>(0);
         auto self = shared_from_this();
         http::BodyHandlers h;
         h.on_data = [sha, received](std::string_view data) {
-            EVP_DigestUpdate(sha.get(), data.data(), data.size());
+            sha->update(data);
             *received += data.size();
             bytes_counter().inc(data.size());
         };
         h.on_end = [self, ex, repo, d, sha, received] {
-            std::string hex = final_hex(sha.get());
+            std::string hex = sha->finish_hex();
             if (hex != d.hex()) {
                 spdlog::info(
                     "monolithic upload to {}: digest {} (in the bucket) given, sha256:{} "
@@ -484,7 +455,7 @@ struct BlobUploads::Impl : std::enable_shared_from_this<BlobUploads::Impl> {
             auto range = parse_upload_range(cr);
             if (!range || range->first != s->offset) {
                 HeaderList extra = session_headers(*s);
-                extra.erase(extra.begin());  // the API header is added by send_error
+                extra.erase(extra.begin());  // send_error adds the API header
                 return send_error(*ex, 416, "RANGE_INVALID",
                                   fmt::format("the upload continues at byte {}", s->offset),
                                   std::move(extra));
@@ -498,7 +469,7 @@ struct BlobUploads::Impl : std::enable_shared_from_this<BlobUploads::Impl> {
 
     void put(const std::shared_ptr<Exchange>& ex, const std::shared_ptr<Session>& s) {
         if (s->busy) return busy(*ex);
-        auto digest_text = query_param(ex->request().query, "digest");
+        auto digest_text = query::param(ex->request().query, "digest");
         if (!digest_text)
             return send_error(*ex, 400, "DIGEST_INVALID", "the final PUT needs ?digest=");
         auto d = BlobDigest::parse(*digest_text);
@@ -514,7 +485,7 @@ struct BlobUploads::Impl : std::enable_shared_from_this<BlobUploads::Impl> {
         s->busy = true;
         s->ended = true;  // from here on the session cannot be written, expired or cancelled
         drop_session(s);
-        std::string hex = final_hex(s->sha.get());
+        std::string hex = s->sha->finish_hex();
         if (digest.algorithm() != DigestAlgorithm::sha256 || hex != digest.hex()) {
             spdlog::info("upload {} of {}: digest {} given, sha256:{} received ({} bytes)", s->uuid,
                          s->repo, digest.str(), hex, s->offset);

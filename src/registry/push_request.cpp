@@ -1,4 +1,4 @@
-// The pure parts of the push path's requests: query parameters, upload ids, Content-Range, the
+// The pure parts of the push path's requests: upload ids, Content-Range, the
 // Range header, S3 timestamps. Declared in include/drayage/registry/push.hpp.
 #include <openssl/rand.h>
 
@@ -8,50 +8,10 @@
 #include <string>
 
 #include "drayage/registry/push.hpp"
-#include "drayage/s3/sigv4.hpp"
+#include "drayage/util/digest.hpp"
 #include "drayage/util/text.hpp"
 
 namespace drayage::registry {
-namespace {
-
-int hex_value(char c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
-std::string percent_decode(std::string_view in) {
-    std::string out;
-    out.reserve(in.size());
-    for (std::size_t i = 0; i < in.size(); ++i) {
-        if (in[i] == '%' && i + 2 < in.size()) {
-            int hi = hex_value(in[i + 1]), lo = hex_value(in[i + 2]);
-            if (hi >= 0 && lo >= 0) {
-                out.push_back(static_cast<char>(hi * 16 + lo));
-                i += 2;
-                continue;
-            }
-        }
-        out.push_back(in[i] == '+' ? ' ' : in[i]);
-    }
-    return out;
-}
-
-}  // namespace
-
-std::optional<std::string> query_param(std::string_view query, std::string_view name) {
-    while (!query.empty()) {
-        auto amp = query.find('&');
-        std::string_view pair = query.substr(0, amp);
-        query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
-        auto eq = pair.find('=');
-        std::string_view key = pair.substr(0, eq);
-        if (key != name) continue;
-        return eq == std::string_view::npos ? std::string{} : percent_decode(pair.substr(eq + 1));
-    }
-    return std::nullopt;
-}
 
 std::string new_upload_uuid() {
     std::array<unsigned char, 16> b{};
@@ -59,7 +19,7 @@ std::string new_upload_uuid() {
     b[6] = static_cast<unsigned char>((b[6] & 0x0f) | 0x40);  // version 4
     b[8] = static_cast<unsigned char>((b[8] & 0x3f) | 0x80);  // RFC 4122 variant
     std::string h =
-        s3::hex_encode(std::string_view(reinterpret_cast<const char*>(b.data()), b.size()));
+        digest::hex_encode(std::string_view(reinterpret_cast<const char*>(b.data()), b.size()));
     return h.substr(0, 8) + "-" + h.substr(8, 4) + "-" + h.substr(12, 4) + "-" + h.substr(16, 4) +
            "-" + h.substr(20);
 }

@@ -1,4 +1,8 @@
-// Error responses: Registry API error bodies and status reason phrases.
+// Error responses the HTTP server sends itself: status reason phrases, and the Registry API
+// error body it answers /v2/ requests with when it refuses them before any handler runs (bad
+// framing 400, 408, 413, 431, 404 without a handler, 500). It lives here, not on the registry
+// side, because the server must not depend on the registry; registry handlers answer through
+// registry/api.hpp, which formats its body with registry_error_body().
 #pragma once
 
 #include <string>

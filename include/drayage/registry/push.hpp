@@ -46,7 +46,7 @@
 // mount of a blob the bucket links in `from` (with `auth`, the front has checked that the client
 // may pull `from` and that the digest belongs to it, check_mount). A digest alone is no proof of
 // access: a missing or empty body is a DIGEST_INVALID like any other wrong body. mount= is acted
-// on before digest=, in the order the front's check reads them (query_param() is the one reader).
+// on before digest=, in the order the front's check reads them (query::param() is the one reader).
 //
 // The cache. After a blob is in place (and the 201 sent), it is read back from the bucket into
 // the local cache (Cache::start_or_join_fill, driven from the bucket origin), so the first pull
@@ -80,6 +80,7 @@
 #include "drayage/registry/origin.hpp"
 #include "drayage/registry/routes.hpp"
 #include "drayage/s3/client.hpp"
+#include "drayage/util/query.hpp"
 #include "drayage/util/result.hpp"
 
 struct event_base;
@@ -97,11 +98,13 @@ struct UploadOptions {
     std::string node = "node";
 };
 
-// The first value of `name` in a query string, percent-decoded ('+' as a space); nullopt when
-// absent, "" when present without a value. The one reading of an upload's parameters (mount,
-// from, digest): the front's access check for mounts and the push code use it both, so they act
-// on the same values.
-std::optional<std::string> query_param(std::string_view query, std::string_view name);
+// query::param (util/query.hpp) under its old name, kept only for src/registry/front.cpp until
+// it calls query::param itself. The one reading of an upload's parameters (mount, from, digest):
+// the front's access check for mounts and the push code use it both, so they act on the same
+// values.
+inline std::optional<std::string> query_param(std::string_view query, std::string_view name) {
+    return query::param(query, name);
+}
 
 // A fresh upload id: 128 bits from OpenSSL's CSPRNG (RAND_bytes) as a version-4 style UUID,
 // "xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx" (122 random bits). Empty only when the CSPRNG fails.

@@ -12,18 +12,37 @@
 //   reg/docker/registry/v2/repositories/<name>/_uploads/<uuid>/data
 // A link object holds the digest string ("sha256:<hex>", no newline: 71 bytes for sha256).
 //
-// Keys are returned unencoded; the S3 client percent-encodes them for the wire. Names, tags and
-// upload ids must have been validated (registry/reference.hpp) by the caller: these functions
-// only concatenate. The algorithm segment follows the digest (distribution does the same for
+// Keys are returned unencoded; the S3 client percent-encodes them for the wire. Digests, names,
+// tags and upload ids must have been validated by the caller (the registry's grammar,
+// registry/reference.hpp): these functions only concatenate, and s3 does not depend on the
+// registry. The algorithm segment follows the digest (distribution does the same for
 // sha384/sha512), so a sha256 digest gives exactly the keys above.
 #pragma once
 
+#include <concepts>
 #include <string>
 #include <string_view>
 
-#include "drayage/registry/reference.hpp"
-
 namespace drayage::s3 {
+
+// The two parts of a validated blob digest that keys are built from: the algorithm ("sha256")
+// and the lower-case hex. Any digest type with algorithm_name() and hex() converts implicitly
+// (registry::BlobDigest does), so callers pass their digest as it is. The views must outlive
+// the call only: keys are copied out.
+struct DigestParts {
+    std::string_view algorithm;
+    std::string_view hex;
+
+    DigestParts(std::string_view algorithm_name, std::string_view lower_hex)
+        : algorithm(algorithm_name), hex(lower_hex) {}
+    template <typename Digest>
+    requires requires(const Digest& d) {
+        { d.algorithm_name() } -> std::convertible_to<std::string_view>;
+        { d.hex() } -> std::convertible_to<std::string_view>;
+    }
+    DigestParts(const Digest& d)  // NOLINT(google-explicit-constructor): see above
+        : algorithm(d.algorithm_name()), hex(d.hex()) {}
+};
 
 class BucketLayout {
 public:
@@ -33,14 +52,12 @@ public:
     // "" or the root with one trailing '/' ("reg/"): every key starts with it.
     const std::string& root_prefix() const { return root_prefix_; }
 
-    std::string blob_data_key(const registry::BlobDigest& digest) const;
-    std::string layer_link_key(std::string_view repository,
-                               const registry::BlobDigest& digest) const;
-    std::string manifest_revision_link_key(std::string_view repository,
-                                           const registry::BlobDigest& digest) const;
+    std::string blob_data_key(DigestParts digest) const;
+    std::string layer_link_key(std::string_view repository, DigestParts digest) const;
+    std::string manifest_revision_link_key(std::string_view repository, DigestParts digest) const;
     std::string tag_current_link_key(std::string_view repository, std::string_view tag) const;
     std::string tag_index_link_key(std::string_view repository, std::string_view tag,
-                                   const registry::BlobDigest& digest) const;
+                                   DigestParts digest) const;
     std::string upload_data_key(std::string_view repository, std::string_view upload_uuid) const;
 
 private:
@@ -50,8 +67,10 @@ private:
 };
 
 // The body of a link object: the digest string, no trailing newline.
-inline std::string link_content(const registry::BlobDigest& digest) {
-    return digest.str();
+inline std::string link_content(DigestParts digest) {
+    std::string out(digest.algorithm);
+    out.append(":").append(digest.hex);
+    return out;
 }
 
 }  // namespace drayage::s3

@@ -26,22 +26,20 @@
 #include <vector>
 
 #include "drayage/s3/credentials.hpp"
+#include "drayage/util/digest.hpp"
 #include "drayage/util/result.hpp"
 
 namespace drayage::s3 {
+
+// Kept only for src/registry/front.cpp until it calls digest::hex_encode (util/digest.hpp)
+// itself; the signer uses the util digests directly.
+using digest::hex_encode;
 
 // x-amz-content-sha256 value when the body is not hashed (presigned URLs; streaming over TLS).
 inline constexpr std::string_view kUnsignedPayload = "UNSIGNED-PAYLOAD";
 // sha256 of the empty string: the payload hash of GET, HEAD, DELETE and empty PUTs.
 inline constexpr std::string_view kEmptyPayloadSha256 =
     "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
-
-// Lower-case hex of SHA-256(data).
-std::string sha256_hex(std::string_view data);
-// Raw 32-byte HMAC-SHA256(key, data).
-std::string hmac_sha256(std::string_view key, std::string_view data);
-// Lower-case hex of arbitrary bytes.
-std::string hex_encode(std::string_view bytes);
 
 // Percent-encodes every byte outside the RFC 3986 unreserved set (A-Z a-z 0-9 - . _ ~) as %XX
 // with upper-case hex; '/' is kept when `keep_slash`. UTF-8 is encoded byte by byte.

@@ -6,7 +6,7 @@
 
 #include "drayage/registry/auth.hpp"
 #include "drayage/registry/upstream.hpp"
-#include "drayage/s3/sigv4.hpp"
+#include "drayage/util/digest.hpp"
 #include "drayage/util/metrics.hpp"
 
 namespace drayage::registry {
@@ -225,8 +225,9 @@ void UpstreamAccessCheck::check(std::string_view client, std::string_view user,
                                 const std::string& reference, bool blob,
                                 std::function<void(PassthroughVerdict)> done) {
     Impl& m = *impl_;
-    std::string creds = s3::hmac_sha256(m.key, std::string(user) + '\0' + std::string(password));
-    std::string id = s3::hmac_sha256(m.key, creds + repo);
+    std::string creds =
+        digest::hmac_sha256(m.key, std::string(user) + '\0' + std::string(password));
+    std::string id = digest::hmac_sha256(m.key, creds + repo);
     if (auto known = m.decisions.find(id)) {
         checks("cached").inc();
         return done(*known ? PassthroughVerdict::allowed : PassthroughVerdict::denied);

@@ -10,11 +10,12 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "drayage/http/errors.hpp"
+#include "drayage/registry/api.hpp"
 #include "drayage/registry/auth.hpp"
-#include "drayage/s3/sigv4.hpp"
 #include "drayage/util/clock.hpp"
+#include "drayage/util/digest.hpp"
 #include "drayage/util/metrics.hpp"
+#include "drayage/util/query.hpp"
 #include "drayage/util/text.hpp"
 
 namespace drayage::registry {
@@ -78,39 +79,6 @@ std::optional<std::string> decode64(std::string_view text, std::string_view alph
     // The last character's low `bits` bits belong to no byte: another value there would be a
     // second spelling of the same bytes.
     if (canonical && (v & ((1U << bits) - 1)) != 0) return std::nullopt;
-    return out;
-}
-
-// application/x-www-form-urlencoded (and query strings): '+' is a space, %XX a byte.
-std::string form_decode(std::string_view s) {
-    std::string out;
-    for (std::size_t i = 0; i < s.size(); ++i) {
-        char c = s[i];
-        if (c == '+') {
-            out += ' ';
-        } else if (c == '%' && i + 2 < s.size() &&
-                   std::isxdigit(static_cast<unsigned char>(s[i + 1])) &&
-                   std::isxdigit(static_cast<unsigned char>(s[i + 2]))) {
-            out += static_cast<char>(std::stoi(std::string(s.substr(i + 1, 2)), nullptr, 16));
-            i += 2;
-        } else {
-            out += c;
-        }
-    }
-    return out;
-}
-
-std::multimap<std::string, std::string> parse_form(std::string_view s) {
-    std::multimap<std::string, std::string> out;
-    while (!s.empty()) {
-        std::string_view pair = s.substr(0, s.find('&'));
-        s.remove_prefix(std::min(s.size(), pair.size() + 1));
-        if (pair.empty()) continue;
-        auto eq = pair.find('=');
-        out.emplace(form_decode(pair.substr(0, eq)), eq == std::string_view::npos
-                                                         ? std::string()
-                                                         : form_decode(pair.substr(eq + 1)));
-    }
     return out;
 }
 
@@ -222,7 +190,7 @@ std::string sign_token(const TokenClaims& c, std::string_view key) {
                     {"jti", c.jti}, {"access", access}, {"drayage_typ", c.typ}};
     std::string signing_input =
         base64url_encode(dump(header)) + "." + base64url_encode(dump(payload));
-    return signing_input + "." + base64url_encode(s3::hmac_sha256(key, signing_input));
+    return signing_input + "." + base64url_encode(digest::hmac_sha256(key, signing_input));
 }
 
 Result<TokenClaims> verify_token(std::string_view token, std::string_view key,
@@ -239,7 +207,7 @@ Result<TokenClaims> verify_token(std::string_view token, std::string_view key,
     json header = json::parse(*header_bytes, nullptr, false);
     if (!header.is_object() || !header.contains("alg") || header["alg"] != "HS256")
         return invalid("alg is not HS256");
-    std::string expect = s3::hmac_sha256(key, signing_input);
+    std::string expect = digest::hmac_sha256(key, signing_input);
     if (signature->size() != expect.size() ||
         CRYPTO_memcmp(signature->data(), expect.data(), expect.size()) != 0)
         return invalid("bad signature");
@@ -344,7 +312,7 @@ Status Authenticator::reload(const config::AuthConfig& config) {
 }
 
 std::string Authenticator::credentials_key(std::string_view user, std::string_view password) const {
-    return s3::hmac_sha256(cache_key_, std::string(user) + '\0' + std::string(password));
+    return digest::hmac_sha256(cache_key_, std::string(user) + '\0' + std::string(password));
 }
 
 std::optional<bool> Authenticator::known_answer(const std::string& key) {
@@ -494,18 +462,12 @@ std::string Authenticator::realm_for(const http::Request& request) const {
 
 namespace {
 
-// The 401 of both challenges: counted, with a Registry API error body except for HEAD.
-void send_unauthorized(http::Exchange& ex, http::HeaderList h, std::string_view message) {
+// The 401 of both challenges (`challenge`: the WWW-Authenticate header), counted.
+void send_unauthorized(http::Exchange& ex, std::string challenge, std::string_view message) {
     metrics::global()
         .counter("drayage_auth_denied_total", "Requests answered 401 by the auth layer.")
         .inc();
-    if (ex.request().method == "HEAD") {
-        ex.send_head(401, std::move(h), 0);
-        ex.finish();
-        return;
-    }
-    h.emplace_back("Content-Type", "application/json");
-    ex.respond(401, std::move(h), http::registry_error_body("UNAUTHORIZED", message));
+    api::send_error(ex, 401, "UNAUTHORIZED", message, {{"WWW-Authenticate", std::move(challenge)}});
 }
 
 }  // namespace
@@ -515,15 +477,11 @@ void Authenticator::challenge(http::Exchange& ex, std::string_view scope,
     std::string value = "Bearer realm=\"" + realm_for(ex.request()) + "\",service=\"" +
                         config_.token_service + "\"";
     if (!scope.empty()) value += ",scope=\"" + std::string(scope) + "\"";
-    http::HeaderList h{{"Docker-Distribution-API-Version", "registry/2.0"},
-                       {"WWW-Authenticate", value}};
-    send_unauthorized(ex, std::move(h), message);
+    send_unauthorized(ex, std::move(value), message);
 }
 
 void Authenticator::challenge_basic(http::Exchange& ex, std::string_view message) const {
-    http::HeaderList h{{"Docker-Distribution-API-Version", "registry/2.0"},
-                       {"WWW-Authenticate", "Basic realm=\"" + config_.token_service + "\""}};
-    send_unauthorized(ex, std::move(h), message);
+    send_unauthorized(ex, "Basic realm=\"" + config_.token_service + "\"", message);
 }
 
 namespace {
@@ -676,7 +634,7 @@ void Authenticator::issue(http::Exchange& ex, const Principal& who, bool local,
 
 void Authenticator::token_get(const std::shared_ptr<http::Exchange>& ex) {
     const http::Request& req = ex->request();
-    auto q = parse_form(req.query);
+    auto q = query::parse(req.query);
     std::string service = first(q, "service");
     if (!service.empty() && service != config_.token_service)
         return ex->respond(
@@ -703,7 +661,7 @@ void Authenticator::handle_token(const std::shared_ptr<http::Exchange>& ex) {
     const http::Request& req = ex->request();
     if (req.method == "GET") {
         std::size_t asked = 0;
-        for (const auto& [k, v] : parse_form(req.query))
+        for (const auto& [k, v] : query::parse(req.query))
             if (k == "scope") asked += count_scopes(v);
         if (too_many_scopes(*ex, asked)) return;
         // The credentials are checked off the loop first when they are new (prepare()).
@@ -726,7 +684,7 @@ void Authenticator::handle_token(const std::shared_ptr<http::Exchange>& ex) {
     h.on_error = [](const Error&) {};  // the server answers 413/408/400 by itself
     h.on_end = [this, e = ex, body] {
         if (e->closed()) return;
-        auto f = parse_form(*body);
+        auto f = query::parse(*body);
         std::string grant_type = first(f, "grant_type");
         std::string service = first(f, "service");
         if (!service.empty() && service != config_.token_service)

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "drayage/registry/reference.hpp"
+#include "drayage/util/digest.hpp"
 #include "drayage/util/text.hpp"
 #include "exchange.hpp"
 
@@ -31,9 +32,7 @@ std::string digest_of(DigestAlgorithm algorithm, std::string_view data) {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int len = 0;
     EVP_Digest(data.data(), data.size(), md, &len, md_type, nullptr);
-    for (unsigned int i = 0; i < len; ++i)
-        out += fmt::format("{:02x}", md[i]);
-    return out;
+    return out + digest::hex_encode(std::string_view(reinterpret_cast<const char*>(md), len));
 }
 
 }  // namespace

@@ -6,8 +6,6 @@
 
 namespace drayage::s3 {
 
-// Raw 20-byte HMAC-SHA1(key, data): SigV2 only.
-std::string hmac_sha1(std::string_view key, std::string_view data);
 // Standard base64 with padding, no line breaks.
 std::string base64_encode(std::string_view raw);
 // ASCII lower-casing (header names are ASCII tokens).

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "crypto_internal.hpp"
+#include "drayage/util/digest.hpp"
 
 namespace drayage::s3 {
 namespace {
@@ -141,7 +142,7 @@ Result<SigV2Signature> sign_v2(const SigV2Request& r, const Credentials& c) {
         if (!sub[i]->bare) sts.append("=").append(sub[i]->value);
     }
 
-    out.signature = base64_encode(hmac_sha1(c.secret_key, sts));
+    out.signature = base64_encode(digest::hmac_sha1(c.secret_key, sts));
     out.authorization = "AWS " + c.access_key + ":" + out.signature;
     return out;
 }

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "crypto_internal.hpp"
+#include "drayage/util/digest.hpp"
 
 namespace drayage::s3 {
 namespace {
@@ -158,10 +159,10 @@ std::string credential_scope(const SigV4Scope& s) {
 }
 
 std::string signing_key(const Credentials& c, const SigV4Scope& s) {
-    std::string k = hmac_sha256("AWS4" + c.secret_key, s.amz_date.substr(0, 8));
-    k = hmac_sha256(k, s.region);
-    k = hmac_sha256(k, s.service);
-    return hmac_sha256(k, "aws4_request");
+    std::string k = digest::hmac_sha256("AWS4" + c.secret_key, s.amz_date.substr(0, 8));
+    k = digest::hmac_sha256(k, s.region);
+    k = digest::hmac_sha256(k, s.service);
+    return digest::hmac_sha256(k, "aws4_request");
 }
 
 // Fills canonical_request, string_to_sign and signature from the parts.
@@ -179,8 +180,8 @@ void compute(SigV4Signature& out, const SigV4Request& r, const Credentials& c, c
     out.string_to_sign.append(kAlgorithm).append("\n");
     out.string_to_sign.append(s.amz_date).append("\n");
     out.string_to_sign.append(credential_scope(s)).append("\n");
-    out.string_to_sign.append(sha256_hex(out.canonical_request));
-    out.signature = hex_encode(hmac_sha256(signing_key(c, s), out.string_to_sign));
+    out.string_to_sign.append(digest::sha256_hex(out.canonical_request));
+    out.signature = digest::hex_encode(digest::hmac_sha256(signing_key(c, s), out.string_to_sign));
 }
 
 }  // namespace

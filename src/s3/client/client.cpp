@@ -16,6 +16,7 @@
 #include "drayage/s3/retry.hpp"
 #include "drayage/s3/sigv2.hpp"
 #include "drayage/s3/sigv4.hpp"
+#include "drayage/util/digest.hpp"
 #include "drayage/util/metrics.hpp"
 
 namespace drayage::s3 {
@@ -593,7 +594,7 @@ void Client::put(std::string key, std::shared_ptr<const std::string> body, PutOp
     if (!body) {
         body = std::make_shared<const std::string>();
     }
-    r.payload_hash = sha256_hex(*body);
+    r.payload_hash = digest::sha256_hex(*body);
     r.headers.emplace_back("Content-MD5", md5_base64(*body));
     impl_->add_object_headers(r.headers, &options);
     r.body = std::move(body);
@@ -664,7 +665,7 @@ void Client::upload_part(std::string key, std::string upload_id, int part_number
     if (!body) {
         body = std::make_shared<const std::string>();
     }
-    r.payload_hash = sha256_hex(*body);
+    r.payload_hash = digest::sha256_hex(*body);
     r.headers.emplace_back("Content-MD5", md5_base64(*body));
     r.body = std::move(body);
     impl_->execute(std::move(r), [done = std::move(done)](Result<Response> res) {
@@ -760,7 +761,7 @@ void Client::complete_multipart(std::string key, std::string upload_id,
     r.error_in_200 = true;
     r.query.push_back(QueryParam{"uploadId", std::move(upload_id), false});
     auto body = std::make_shared<const std::string>(complete_multipart_body(parts));
-    r.payload_hash = sha256_hex(*body);
+    r.payload_hash = digest::sha256_hex(*body);
     r.headers.emplace_back("Content-Type", "application/xml");
     r.body = std::move(body);
     impl_->execute(std::move(r), [done = std::move(done)](Result<Response> res) {

@@ -10,9 +10,9 @@ namespace {
 constexpr std::string_view kV2 = "docker/registry/v2/";
 
 // <algorithm>/<hex>, the digestPathComponents of paths.go.
-std::string digest_components(const registry::BlobDigest& d) {
-    std::string out(d.algorithm_name());
-    out.append("/").append(d.hex());
+std::string digest_components(DigestParts d) {
+    std::string out(d.algorithm);
+    out.append("/").append(d.hex);
     return out;
 }
 
@@ -40,20 +40,19 @@ std::string BucketLayout::key(std::string_view path_under_v2) const {
     return out;
 }
 
-std::string BucketLayout::blob_data_key(const registry::BlobDigest& digest) const {
+std::string BucketLayout::blob_data_key(DigestParts digest) const {
     std::string p("blobs/");
-    p.append(digest.algorithm_name()).append("/").append(digest.hex().substr(0, 2));
-    p.append("/").append(digest.hex()).append("/data");
+    p.append(digest.algorithm).append("/").append(digest.hex.substr(0, 2));
+    p.append("/").append(digest.hex).append("/data");
     return key(p);
 }
 
-std::string BucketLayout::layer_link_key(std::string_view repo,
-                                         const registry::BlobDigest& digest) const {
+std::string BucketLayout::layer_link_key(std::string_view repo, DigestParts digest) const {
     return key(repository(repo) + "_layers/" + digest_components(digest) + "/link");
 }
 
 std::string BucketLayout::manifest_revision_link_key(std::string_view repo,
-                                                     const registry::BlobDigest& digest) const {
+                                                     DigestParts digest) const {
     return key(repository(repo) + "_manifests/revisions/" + digest_components(digest) + "/link");
 }
 
@@ -62,7 +61,7 @@ std::string BucketLayout::tag_current_link_key(std::string_view repo, std::strin
 }
 
 std::string BucketLayout::tag_index_link_key(std::string_view repo, std::string_view tag,
-                                             const registry::BlobDigest& digest) const {
+                                             DigestParts digest) const {
     return key(repository(repo) + "_manifests/tags/" + std::string(tag) + "/index/" +
                digest_components(digest) + "/link");
 }

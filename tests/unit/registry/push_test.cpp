@@ -48,19 +48,6 @@ TEST_CASE("Content-Range of a PATCH") {
     }
 }
 
-TEST_CASE("query parameters of an upload") {
-    const char* q = "mount=sha256%3Aab&from=team%2Fx&digest=sha256:cd&mount=second&empty&plus=a+b";
-    CHECK(query_param(q, "mount") == "sha256:ab");  // the first of two, decoded
-    CHECK(query_param(q, "from") == "team/x");
-    CHECK(query_param(q, "digest") == "sha256:cd");
-    CHECK(query_param(q, "empty") == "");
-    CHECK(query_param(q, "plus") == "a b");
-    CHECK_FALSE(query_param(q, "missing"));
-    CHECK_FALSE(query_param(q, "moun"));
-    CHECK_FALSE(query_param("", "mount"));
-    CHECK(query_param("x=%zz%4", "x") == "%zz%4");  // not an escape: kept as sent
-}
-
 TEST_CASE("Range header of an upload") {
     CHECK(upload_range_header(0) == "0-0");
     CHECK(upload_range_header(1) == "0-0");

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "drayage/s3/sigv4.hpp"
+#include "drayage/util/digest.hpp"
 
 using namespace drayage::s3;
 namespace fs = std::filesystem;
@@ -165,7 +166,7 @@ TEST_CASE("aws-c-auth SigV4 suite: every case, header and query signing", "[sigv
             opts.add_content_sha256_header = ctx["sign_body"].get<bool>();
             opts.sign_session_token = !ctx.value("omit_session_token", false);
 
-            const std::string payload_hash = sha256_hex(raw.body);
+            const std::string payload_hash = drayage::digest::sha256_hex(raw.body);
             const SigV4Request req{raw.method, raw.path, query, raw.headers, payload_hash};
 
             auto h = sign_v4(req, creds, scope, opts);
