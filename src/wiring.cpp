@@ -133,7 +133,7 @@ void wire_uploads(Components& c, const config::Config& cfg) {
     auto listen = config::parse_listen_address(cfg.http.addr);
     upload_options.node = std::string(host) + "-" + (listen ? std::to_string(listen->port) : "0");
     c.uploads = std::make_unique<registry::BlobUploads>(c.base.get(), *c.s3_client, c.cache.get(),
-                                                        upload_options);
+                                                        c.fetcher, upload_options);
     c.uploads->recover([](Status st) {
         if (!st) spdlog::warn("cleanup of leftover uploads failed: {}", st.error().message);
     });

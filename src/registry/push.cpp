@@ -110,14 +110,11 @@ struct BlobUploads::Impl : std::enable_shared_from_this<BlobUploads::Impl> {
     std::map<std::string, std::shared_ptr<Session>> sessions;
     std::unique_ptr<event, EventDeleter> sweep_timer;
 
-    // Read-backs of pushed blobs into the cache, by digest.
-    struct Fill {
-        std::shared_ptr<OriginTransfer> transfer;
-        std::shared_ptr<cache::CacheFill> fill;
-    };
-    std::map<std::string, std::shared_ptr<Fill>> fills;
+    // Read-backs of pushed blobs into the cache (null: none).
+    std::shared_ptr<Fetcher> fetcher;
 
-    Impl(event_base* b, s3::Client& c, cache::Cache* ca, UploadOptions o)
+    Impl(event_base* b, s3::Client& c, cache::Cache* ca, std::shared_ptr<Fetcher> f,
+         UploadOptions o)
         : base(b),
           client(c),
           cache(ca),
@@ -125,7 +122,8 @@ struct BlobUploads::Impl : std::enable_shared_from_this<BlobUploads::Impl> {
           layout(c.config().rootdirectory),
           uploads_prefix(layout.root_prefix() + "_drayage/uploads/"),
           node_prefix(uploads_prefix + sanitize_node(options.node) + "/"),
-          bucket(make_bucket_origin(c, c.config().rootdirectory)) {}
+          bucket(make_bucket_origin(c, c.config().rootdirectory)),
+          fetcher(std::move(f)) {}
 
     void start_timer() {
         sweep_timer.reset(event_new(base, -1, EV_PERSIST, &Impl::sweep_cb, this));
@@ -565,58 +563,26 @@ struct BlobUploads::Impl : std::enable_shared_from_this<BlobUploads::Impl> {
 
     // ----- the cache -------------------------------------------------------------------------
     void fill_cache(const std::string& repo, const BlobDigest& d) {
-        if (!cache || fills.count(d.str())) return;
+        if (!cache || !fetcher) return;
         auto lookup = cache->lookup(d.str());
         if (!lookup || lookup->presence != cache::Presence::absent) return;
-        auto self = shared_from_this();
-        auto f = std::make_shared<Fill>();
-        std::string digest = d.str();
-        fills[digest] = f;
-        std::weak_ptr<Fill> weak = f;
-        OriginSink sink;
-        sink.on_head = [self, weak, digest](const OriginHead& head) {
-            auto fp = weak.lock();
-            if (!fp) return false;
-            auto fh = self->cache->start_or_join_fill(digest, head.size);
-            if (!fh || !fh->started) {
-                // Not cacheable (too large for the cache), or a pull is filling it already.
-                fills_counter(fh ? "joined" : "skipped").inc();
-                self->fills.erase(digest);
-                return false;
+        // Through the fetch layer, from the bucket only: a pull of the same digest that is
+        // already being fetched is joined, not fetched a second time.
+        OriginSet from_bucket;
+        from_bucket.sources.push_back({bucket, false});
+        fetcher->fetch(repo, d.str(), from_bucket, [](const FetchOutcome& o) {
+            using Kind = FetchOutcome::Kind;
+            if (o.kind != Kind::filling) {
+                // Not cacheable (too large for the cache, cache not writable), or the bucket
+                // could not give it back.
+                bool refused = o.kind == Kind::uncached || o.error.code == "CACHE_REFUSED";
+                return fills_counter(refused ? "skipped" : "failed").inc();
             }
-            fp->fill = fh->fill;
-            std::weak_ptr<Fill> w2 = fp;
-            fp->fill->set_resume_callback([w2] {
-                if (auto x = w2.lock(); x && x->transfer) x->transfer->resume();
+            if (!o.started) return fills_counter("joined").inc();
+            o.fill->on_end([](const Status& verified) {
+                fills_counter(verified ? "complete" : "failed").inc();
             });
-            fp->fill->set_cancel_callback([self, w2, digest] {
-                if (auto x = w2.lock(); x && x->transfer) x->transfer->cancel();
-                self->fills.erase(digest);
-            });
-            return true;
-        };
-        sink.on_data = [weak](std::string_view bytes) {
-            auto fp = weak.lock();
-            if (!fp || !fp->fill) return true;
-            return fp->fill->append(bytes);
-        };
-        sink.on_done = [self, weak, digest](Status st) {
-            auto fp = weak.lock();
-            self->fills.erase(digest);
-            if (!fp || !fp->fill) return;
-            if (!st) {
-                fp->fill->fail(st.error());
-                fills_counter("failed").inc();
-                return;
-            }
-            fp->fill->finish();
-            self->cache->when_idle([self, digest] {
-                auto l = self->cache->lookup(digest);
-                bool ok = l && l->presence == cache::Presence::complete;
-                fills_counter(ok ? "complete" : "failed").inc();
-            });
-        };
-        f->transfer = bucket->get(repo, digest, std::move(sink));
+        });
     }
 
     // ----- start-up cleanup ------------------------------------------------------------------
@@ -671,8 +637,8 @@ struct BlobUploads::Impl : std::enable_shared_from_this<BlobUploads::Impl> {
 };
 
 BlobUploads::BlobUploads(event_base* base, s3::Client& client, cache::Cache* cache,
-                         UploadOptions options)
-    : impl_(std::make_shared<Impl>(base, client, cache, std::move(options))) {
+                         std::shared_ptr<Fetcher> fetcher, UploadOptions options)
+    : impl_(std::make_shared<Impl>(base, client, cache, std::move(fetcher), std::move(options))) {
     impl_->start_timer();
 }
 

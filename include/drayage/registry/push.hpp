@@ -49,8 +49,9 @@
 // on before digest=, in the order the front's check reads them (query::param() is the one reader).
 //
 // The cache. After a blob is in place (and the 201 sent), it is read back from the bucket into
-// the local cache (Cache::start_or_join_fill, driven from the bucket origin), so the first pull
-// through this node is a hit. Reading back rather than teeing the client's bytes keeps one code
+// the local cache through the fetch layer (Fetcher, the bucket as the only origin; a pull of the
+// same digest already in flight is joined, not fetched again), so the first pull through this
+// node is a hit. Reading back rather than teeing the client's bytes keeps one code
 // path for every kind of upload (the digest of a chunked upload is only known at the end) and
 // keeps a slow cache from slowing the push; the cost is one S3 GET per pushed blob.
 //
@@ -77,6 +78,7 @@
 
 #include "drayage/cache/cache.hpp"
 #include "drayage/http/server.hpp"
+#include "drayage/registry/fetch.hpp"
 #include "drayage/registry/origin.hpp"
 #include "drayage/registry/routes.hpp"
 #include "drayage/s3/client.hpp"
@@ -97,14 +99,6 @@ struct UploadOptions {
     // everything under it at start-up. Characters outside [A-Za-z0-9._-] are replaced by '_'.
     std::string node = "node";
 };
-
-// query::param (util/query.hpp) under its old name, kept only for src/registry/front.cpp until
-// it calls query::param itself. The one reading of an upload's parameters (mount, from, digest):
-// the front's access check for mounts and the push code use it both, so they act on the same
-// values.
-inline std::optional<std::string> query_param(std::string_view query, std::string_view name) {
-    return query::param(query, name);
-}
 
 // A fresh upload id: 128 bits from OpenSSL's CSPRNG (RAND_bytes) as a version-4 style UUID,
 // "xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx" (122 random bits). Empty only when the CSPRNG fails.
@@ -129,8 +123,10 @@ std::optional<std::int64_t> parse_s3_time(std::string_view text);
 
 class BlobUploads {
 public:
-    // `client`, `cache` (may be null: no cache fill) and `base` must outlive this object.
-    BlobUploads(event_base* base, s3::Client& client, cache::Cache* cache, UploadOptions options);
+    // `client`, `cache` and `base` must outlive this object. Pushed blobs are read back into
+    // `cache` through `fetcher` (both null: no read-back).
+    BlobUploads(event_base* base, s3::Client& client, cache::Cache* cache,
+                std::shared_ptr<Fetcher> fetcher, UploadOptions options);
     ~BlobUploads();  // cancels the expiry timer; sessions' multipart uploads are left to recover()
     BlobUploads(const BlobUploads&) = delete;
     BlobUploads& operator=(const BlobUploads&) = delete;

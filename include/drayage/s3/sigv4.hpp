@@ -31,10 +31,6 @@
 
 namespace drayage::s3 {
 
-// Kept only for src/registry/front.cpp until it calls digest::hex_encode (util/digest.hpp)
-// itself; the signer uses the util digests directly.
-using digest::hex_encode;
-
 // x-amz-content-sha256 value when the body is not hashed (presigned URLs; streaming over TLS).
 inline constexpr std::string_view kUnsignedPayload = "UNSIGNED-PAYLOAD";
 // sha256 of the empty string: the payload hash of GET, HEAD, DELETE and empty PUTs.

@@ -8,9 +8,9 @@
 #include <utility>
 #include <vector>
 
-#include "drayage/registry/push.hpp"
 #include "drayage/registry/reference.hpp"
 #include "drayage/s3/layout.hpp"
+#include "drayage/util/query.hpp"
 #include "front_impl.hpp"
 #include "responses.hpp"
 
@@ -131,7 +131,7 @@ void RegistryFront::Impl::check_mount(const std::shared_ptr<Exchange>& ex, const
     // Read with the push path's own reader, and mount= before digest= as the push path
     // acts on them: a usable mount= is what is checked here, and the push code places no
     // blob from digest= without hashing the body.
-    auto param = [&](std::string_view key) { return query_param(ex->request().query, key); };
+    auto param = [&](std::string_view key) { return query::param(ex->request().query, key); };
     auto mount = param("mount");
     if (!mount) return deps.uploads(ex, r);
     auto digest = BlobDigest::parse(*mount);

@@ -55,7 +55,7 @@ void RegistryFront::Impl::pass_listing(const std::shared_ptr<Exchange>& ex, cons
             }
             l->body = std::move(*page);
         }
-        HeaderList h = api_headers();
+        HeaderList h = api::headers();
         h.emplace_back("Content-Type", "application/json");
         auto link = net::find_header(l->headers, "Link");
         if (!link.empty()) h.emplace_back("Link", std::string(link));

@@ -29,7 +29,7 @@ constexpr const char* kManifestAccept =
     "application/vnd.docker.distribution.manifest.v1+prettyjws";
 
 HeaderList manifest_headers(const std::string& media_type, const std::string& digest) {
-    HeaderList h = api_headers();
+    HeaderList h = api::headers();
     h.emplace_back("Content-Type", media_type);
     h.emplace_back("Docker-Content-Digest", digest);
     h.emplace_back("ETag", "\"" + digest + "\"");
@@ -196,7 +196,7 @@ void RegistryFront::Impl::fetch_manifest(const std::shared_ptr<Exchange>& ex, co
         }
         if (digest.empty()) {
             // Without a digest the manifest cannot be cached by digest; pass it on.
-            HeaderList h = api_headers();
+            HeaderList h = api::headers();
             h.emplace_back("Content-Type", m->media_type);
             return ex->respond(200, std::move(h), std::move(m->body));
         }

@@ -10,29 +10,10 @@ namespace drayage::registry::front {
 using http::Exchange;
 using http::HeaderList;
 
-HeaderList api_headers() {
-    return {{"Docker-Distribution-API-Version", "registry/2.0"}};
-}
-
-void send_error(Exchange& ex, int status, std::string_view code, std::string_view message) {
-    if (ex.request().method == "HEAD") {
-        // A HEAD answer has no body; keep the status and the API header.
-        ex.send_head(status, api_headers(), 0);
-        ex.finish();
-        return;
-    }
-    HeaderList h = api_headers();
-    h.emplace_back("Content-Type", "application/json");
-    ex.respond(status, std::move(h), http::registry_error_body(code, message));
-}
-
 // 416 for a Range outside a blob of `size` bytes.
 void send_range_not_satisfiable(Exchange& ex, std::uint64_t size) {
-    HeaderList h = api_headers();
-    h.emplace_back("Content-Range", "bytes */" + std::to_string(size));
-    h.emplace_back("Content-Type", "application/json");
-    ex.respond(416, std::move(h),
-               http::registry_error_body("RANGE_INVALID", "range not satisfiable"));
+    send_error(ex, 416, "RANGE_INVALID", "range not satisfiable",
+               {{"Content-Range", "bytes */" + std::to_string(size)}});
 }
 
 // The Content-Range of a 206 for `span` of a blob of `size` bytes.
@@ -71,7 +52,7 @@ metrics::Counter& outcome_counter(std::string_view kind, std::string_view outcom
 }
 
 void respond_json(Exchange& ex, int status, std::string body) {
-    HeaderList h = api_headers();
+    HeaderList h = api::headers();
     h.emplace_back("Content-Type", "application/json");
     ex.respond(status, std::move(h), std::move(body));
 }

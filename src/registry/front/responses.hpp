@@ -9,17 +9,15 @@
 #include <string_view>
 
 #include "drayage/http/server.hpp"
+#include "drayage/registry/api.hpp"
 #include "drayage/registry/front.hpp"
 #include "drayage/util/metrics.hpp"
 #include "drayage/util/result.hpp"
 
 namespace drayage::registry::front {
 
-// Docker-Distribution-API-Version, which every /v2/ answer carries.
-http::HeaderList api_headers();
-
-// A Registry API error body with `status` (a HEAD gets the status and headers, no body).
-void send_error(http::Exchange& ex, int status, std::string_view code, std::string_view message);
+// The registry's error answer (drayage/registry/api.hpp), as the front's parts call it.
+using api::send_error;
 
 // 416 for a Range outside a blob of `size` bytes.
 void send_range_not_satisfiable(http::Exchange& ex, std::uint64_t size);

@@ -8,7 +8,6 @@
 #include "blob_serving.hpp"
 #include "drayage/cache/cache.hpp"
 #include "drayage/registry/front.hpp"
-#include "drayage/s3/sigv4.hpp"
 #include "responses.hpp"
 
 namespace drayage::registry::front {
@@ -22,8 +21,8 @@ UncachedStream::UncachedStream(std::shared_ptr<http::Exchange> ex, std::string d
 
 void UncachedStream::start(BlobOrigin& origin, const std::string& repo) {
     auto self = shared_from_this();
-    hash_.reset(EVP_MD_CTX_new());
-    EVP_DigestInit_ex(hash_.get(), EVP_sha256(), nullptr);
+    hash_ = digest::Sha256::start();
+    if (!hash_) return send_error(*ex_, 503, "UNAVAILABLE", "out of memory for a sha256 context");
     ex_->on_closed([self] { self->stop(); });
     ex_->on_writable([self] {
         if (self->transfer_) self->transfer_->resume();
@@ -67,7 +66,7 @@ bool UncachedStream::head(const OriginHead& h) {
 
 bool UncachedStream::data(std::string_view bytes) {
     if (ex_->closed()) return true;  // stop() cancels the transfer
-    EVP_DigestUpdate(hash_.get(), bytes.data(), bytes.size());
+    hash_->update(bytes);
     const std::uint64_t at = pos_;
     pos_ += bytes.size();
     // The span's bytes received so far end at `upto`; the last of them waits, either for
@@ -91,11 +90,7 @@ void UncachedStream::done(Status st) {
                                        std::to_string(*size_) + " bytes");
     }
     if (st) {
-        unsigned char md[EVP_MAX_MD_SIZE];
-        unsigned int len = 0;
-        EVP_DigestFinal_ex(hash_.get(), md, &len);
-        std::string got =
-            "sha256:" + s3::hex_encode(std::string_view(reinterpret_cast<const char*>(md), len));
+        std::string got = "sha256:" + hash_->finish_hex();
         if (got != digest_) {
             st = make_error(cache::kErrDigestMismatch, "bytes of " + digest_ + " hash to " + got);
         }

@@ -12,8 +12,6 @@
 // each client has its own origin transfer.
 #pragma once
 
-#include <openssl/evp.h>
-
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -22,6 +20,7 @@
 
 #include "drayage/http/server.hpp"
 #include "drayage/registry/origin.hpp"
+#include "drayage/util/digest.hpp"
 
 namespace drayage::registry::front {
 
@@ -47,7 +46,7 @@ private:
     std::string range_;
     std::string head_lines_;  // blob_head_lines
     std::shared_ptr<OriginTransfer> transfer_;
-    std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> hash_{nullptr, EVP_MD_CTX_free};
+    std::optional<digest::Sha256> hash_;
     std::optional<std::uint64_t> size_;  // as the origin announced it
     std::uint64_t first_ = 0;            // the client's span: [first_, end_)
     std::optional<std::uint64_t> end_;   // nullopt: to the end, wherever that is
