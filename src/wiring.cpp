@@ -20,8 +20,8 @@
 #include "drayage/net/curl_loop.hpp"
 #include "drayage/registry/auth.hpp"
 #include "drayage/registry/bucket_origin.hpp"
+#include "drayage/registry/forwarder.hpp"
 #include "drayage/registry/front.hpp"
-#include "drayage/registry/passthrough.hpp"
 #include "drayage/registry/push.hpp"
 #include "drayage/registry/upstream.hpp"
 #include "drayage/s3/client.hpp"
@@ -49,7 +49,7 @@ struct Components {
     std::unique_ptr<s3::Client> s3_client;
     std::shared_ptr<registry::Fetcher> fetcher;  // misses and push read-backs, one flight each
     std::unique_ptr<registry::BlobUploads> uploads;
-    std::unique_ptr<registry::Passthrough> passthrough;
+    std::unique_ptr<registry::Forwarder> forwarder;
     std::unique_ptr<registry::Authenticator> authenticator;
     std::unique_ptr<registry::UpstreamAccessCheck> upstream_access;
     std::unique_ptr<registry::RegistryFront> front;
@@ -142,20 +142,18 @@ void wire_uploads(Components& c, const config::Config& cfg) {
 }
 
 // Everything drayage does not serve itself goes to the upstream registry.
-void wire_passthrough(Components& c, const config::Config& cfg) {
+void wire_forwarder(Components& c, const config::Config& cfg) {
     if (cfg.upstream.url.empty()) return;
-    registry::PassthroughOptions pass_options;
-    pass_options.upstream_url = cfg.upstream.url;
-    pass_options.client_scheme = cfg.http.tls.certificate.empty() ? "http" : "https";
-    pass_options.connect_timeout = cfg.upstream.connect_timeout;
-    pass_options.stall_timeout = cfg.upstream.stall_timeout;
-    pass_options.total_timeout = cfg.upstream.timeout;
+    registry::ForwarderOptions forward_options;
+    forward_options.upstream_url = cfg.upstream.url;
+    forward_options.client_scheme = cfg.http.tls.certificate.empty() ? "http" : "https";
+    forward_options.connect_timeout = cfg.upstream.connect_timeout;
+    forward_options.stall_timeout = cfg.upstream.stall_timeout;
+    forward_options.total_timeout = cfg.upstream.timeout;
     // With drayage's own realm, clients' credentials stay here; drayage's go upstream.
-    if (cfg.auth) pass_options.credentials = c.upstream.get();
-    c.passthrough = std::make_unique<registry::Passthrough>(*c.curl, pass_options);
-    c.deps.passthrough = [p = c.passthrough.get()](std::shared_ptr<http::Exchange> ex) {
-        p->handle(ex);
-    };
+    if (cfg.auth) forward_options.credentials = c.upstream.get();
+    c.forwarder = std::make_unique<registry::Forwarder>(*c.curl, forward_options);
+    c.deps.forward = [f = c.forwarder.get()](std::shared_ptr<http::Exchange> ex) { f->handle(ex); };
 }
 
 // Client authentication and per-repository rules; without `auth` an open mirror.
@@ -324,7 +322,7 @@ int serve(const config::Config& cfg, const char* version) {
     }
     if (!open_cache(c, cfg) || !wire_origins(c, cfg)) return 1;
     wire_uploads(c, cfg);
-    wire_passthrough(c, cfg);
+    wire_forwarder(c, cfg);
     if (!wire_auth(c, cfg)) return 1;
     c.front = std::make_unique<registry::RegistryFront>(std::move(c.deps));
     if (!start_http(c, cfg)) return 1;

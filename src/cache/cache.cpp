@@ -165,6 +165,11 @@ std::optional<std::uint64_t> BlobReader::end() const {
     return core_->end();
 }
 
+void BlobReader::narrow(std::uint64_t offset, std::uint64_t len) {
+    core_->pos = offset;
+    core_->req_end = offset + len;
+}
+
 std::optional<std::uint64_t> BlobReader::blob_size() const {
     if (!core_->fill) return core_->blob_size;
     if (core_->fill->state_ == CacheFill::State::running) return core_->fill->expected_size_;

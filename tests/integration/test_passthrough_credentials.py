@@ -1,4 +1,4 @@
-"""Writes drayage forwards to the registry behind it (src/registry/passthrough.cpp) when drayage is
+"""Writes drayage forwards to the registry behind it (src/registry/forwarder.cpp) when drayage is
 its own auth realm: the client's credentials for drayage (alice's password, a drayage token)
 never reach the registry, nor do cookies or Proxy-Authorization; the registry sees drayage's own
 upstream credentials (a token of its token service for the push scope), or none.

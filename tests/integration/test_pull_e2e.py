@@ -161,6 +161,9 @@ def test_range_on_cold_blob_then_cached(upstream, drayage_factory):
     assert r.status_code == 206
     assert r.headers["Content-Range"] == f"bytes 2000000-2000099/{len(data)}"
     assert r.content == data[2000000:2000100]
+    # One reader for this client, joined to the fill (or on the blob, had it completed first).
+    readers = d.metric("drayage_cache_fill_joins_total") + d.metric("drayage_cache_hits_total")
+    assert readers == 1
     # The fill went on to the end and verified: now a hit, ranges included.
     deadline = time.monotonic() + 30
     while True:
@@ -172,9 +175,11 @@ def test_range_on_cold_blob_then_cached(upstream, drayage_factory):
             break  # this request was a hit: no other is running
         assert time.monotonic() < deadline, "the blob never became a hit:\n" + d.log()[-2000:]
         time.sleep(0.1)
+    readers = d.metric("drayage_cache_hits_total")
     r = requests.get(url, headers={"Range": f"bytes={len(data)}-"})
     assert r.status_code == 416
     assert r.headers["Content-Range"] == f"bytes */{len(data)}"
+    assert d.metric("drayage_cache_hits_total") - readers == 1
     r = requests.head(url)
     assert r.status_code == 200 and int(r.headers["Content-Length"]) == len(data)
     assert r.headers["Accept-Ranges"] == "bytes"
@@ -416,9 +421,12 @@ def test_small_blob_hits_are_whole_in_order_and_framed(upstream, drayage_factory
 
     small = image.layers[2]  # 64 KiB - 1
     url = d.url + path(small.digest)
+    readers = d.metric("drayage_cache_hits_total")
     r = requests.get(url, headers={"Range": "bytes=100-199"}, timeout=60)
     assert r.status_code == 206 and r.content == bodies[small.digest][100:200]
     assert r.headers["Content-Range"] == f"bytes 100-199/{small.size}"
+    # One reader per Range hit: the one that tells the size is narrowed to the range.
+    assert d.metric("drayage_cache_hits_total") - readers == 1
     r = requests.head(url, timeout=60)
     assert r.status_code == 200 and int(r.headers["Content-Length"]) == small.size
     assert r.content == b""

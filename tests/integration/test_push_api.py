@@ -1,4 +1,4 @@
-"""The push path (src/registry/push.cpp, passthrough.cpp) with real peers: Swift s3api as the bucket,
+"""The push path (src/registry/push.cpp, forwarder.cpp) with real peers: Swift s3api as the bucket,
 docker-registry (s3 driver, same bucket and rootdirectory) as the registry behind drayage, and the
 OCI distribution-spec push workflow spoken with `requests`.
 

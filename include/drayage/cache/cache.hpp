@@ -113,6 +113,11 @@ public:
 
     std::optional<std::uint64_t> end() const;  // one past the last byte, once known
     std::optional<std::uint64_t> blob_size() const;
+    // Narrows a reader opened on the whole blob (offset 0, no len), before its first read(), to
+    // [offset, offset + len), offset below blob_size(): a Range resolved against the size this
+    // reader reports is served by this reader, without a second open (pin and lookup) of the
+    // same blob.
+    void narrow(std::uint64_t offset, std::uint64_t len);
 
 private:
     friend class Cache;

@@ -46,7 +46,7 @@ struct FrontDeps {
     std::function<void(std::shared_ptr<http::Exchange>, const Route&)> uploads;
     // Everything else drayage does not serve itself (manifest PUT/DELETE, blob DELETE, unknown
     // /v2/ methods): forwarded to the registry behind. Unset: 405 UNSUPPORTED.
-    std::function<void(std::shared_ptr<http::Exchange>)> passthrough;
+    std::function<void(std::shared_ptr<http::Exchange>)> forward;
     // Client authentication and per-repository rules (config `auth`). Null: an open mirror.
     // When set, every /v2/ request is checked before it is routed (401 with a Bearer challenge
     // when denied; names normalised first), /auth/token is the token endpoint, a blob or a
@@ -77,7 +77,7 @@ public:
     void handle(std::shared_ptr<http::Exchange> exchange);
 
     // The permission hook for the push path. The front already checks, before it hands a
-    // request to FrontDeps::uploads or ::passthrough, that the client may pull and push the
+    // request to FrontDeps::uploads or ::forward, that the client may pull and push the
     // route's <name>; push code calls this for any other repository a request involves. `done`
     // gets true when allowed (always true without `auth`); when false, the exchange has been
     // answered (401 with a challenge for `repo`). `repo` is normalised here. `done` may run

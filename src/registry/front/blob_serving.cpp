@@ -173,60 +173,44 @@ SmallHit serve_small_hit(Exchange& ex, cache::Cache& cache, const std::string& d
     return SmallHit::served;
 }
 
-// Answers a GET of a cached (or filling) blob, honouring `range`. `whole` is the reader of the
-// whole blob; `open(offset, len)` opens another for a range: Cache::open_reader on the loop,
-// Cache::open_complete_reader on a hit worker.
-template <typename Open>
+// Answers a GET of a cached (or filling) blob with `reader`, opened on the whole blob, honouring
+// `range`: the size the reader reports resolves the range, and the same reader is narrowed to it
+// (one reader per request). A filling blob whose size is not known yet is served whole.
 void respond_from_cache(const std::shared_ptr<Exchange>& ex, const std::string& digest,
-                        const std::string& range, Result<std::unique_ptr<cache::BlobReader>> whole,
-                        Open open) {
-    if (!whole) {
-        if (whole.error().code == cache::kErrNotFound)
+                        const std::string& range,
+                        Result<std::unique_ptr<cache::BlobReader>> reader) {
+    if (!reader) {
+        if (reader.error().code == cache::kErrNotFound)
             return send_error(*ex, 404, "BLOB_UNKNOWN", "blob unknown to registry");
-        return send_error(*ex, 503, "UNAVAILABLE", whole.error().message);
+        return send_error(*ex, 503, "UNAVAILABLE", reader.error().message);
     }
-    std::optional<std::uint64_t> size = (*whole)->blob_size();
+    std::optional<std::uint64_t> size = (*reader)->blob_size();
     std::optional<ByteSpan> span;
     if (size && !range.empty()) {
         auto pr = parse_range(range, *size);
         if (!pr) return send_range_not_satisfiable(*ex, *size);
         span = *pr;
     }
-    std::unique_ptr<cache::BlobReader> reader;
-    if (span) {
-        auto rr = open(span->first, std::optional<std::uint64_t>(span->last - span->first + 1));
-        if (!rr) return send_error(*ex, 503, "UNAVAILABLE", rr.error().message);
-        reader = std::move(*rr);
-    } else {
-        reader = std::move(*whole);
-    }
     std::string h = blob_head_lines(digest);
     if (span) {
+        const std::uint64_t len = span->last - span->first + 1;
+        (*reader)->narrow(span->first, len);
         add_content_range(h, *span, *size);
-        ex->send_head_lines(206, h, span->last - span->first + 1);
+        ex->send_head_lines(206, h, len);
     } else if (!size && !ex->delimits_unknown_length()) {
         // HTTP/1.0: only the close would end the body, so a failed digest would look complete.
         return send_error(*ex, 503, "UNAVAILABLE", "blob still being fetched; retry shortly");
     } else {
         ex->send_head_lines(200, h, size);
     }
-    std::make_shared<BlobStreamer>(ex, std::move(reader))->start();
+    std::make_shared<BlobStreamer>(ex, std::move(*reader))->start();
 }
 
 }  // namespace
 
 void stream_from_cache(const std::shared_ptr<Exchange>& ex, cache::Cache& cache,
                        const std::string& digest, const std::string& range) {
-    stream_from_cache(ex, cache, digest, range, cache.open_reader(digest, 0, std::nullopt));
-}
-
-void stream_from_cache(const std::shared_ptr<Exchange>& ex, cache::Cache& cache,
-                       const std::string& digest, const std::string& range,
-                       Result<std::unique_ptr<cache::BlobReader>> whole) {
-    respond_from_cache(ex, digest, range, std::move(whole),
-                       [&cache, &digest](std::uint64_t off, std::optional<std::uint64_t> len) {
-                           return cache.open_reader(digest, off, len);
-                       });
+    respond_from_cache(ex, digest, range, cache.open_reader(digest, 0, std::nullopt));
 }
 
 }  // namespace front
@@ -271,11 +255,8 @@ http::Handler make_hit_handler(cache::Cache& cache, const Authenticator* auth) {
                         ex->send_head_lines(200, blob_head_lines(digest), (*whole)->blob_size());
                         return ex->finish();
                     }
-                    return respond_from_cache(
-                        ex, digest, std::string(req.header("Range")), std::move(whole),
-                        [&cache, &digest](std::uint64_t off, std::optional<std::uint64_t> len) {
-                            return cache.open_complete_reader(digest, off, len);
-                        });
+                    return respond_from_cache(ex, digest, std::string(req.header("Range")),
+                                              std::move(whole));
                 }
             }
         }
@@ -335,7 +316,7 @@ void RegistryFront::Impl::serve_proven_blob(const std::shared_ptr<Exchange>& ex,
                 if (!whole && whole.error().code == cache::kErrNotFound) break;  // evicted
                 ex->set_outcome("hit");
                 hits.inc();
-                return stream_from_cache(ex, *deps.cache, r.reference, {}, std::move(whole));
+                return respond_from_cache(ex, r.reference, {}, std::move(whole));
             }
             case SmallHit::not_served: break;
         }

@@ -25,12 +25,11 @@ std::string blob_head_lines(std::string_view digest);
 void add_content_range(std::string& lines, const ByteSpan& span, std::uint64_t size);
 
 // Serves a GET of `digest`, complete or filling in `cache`; `range` is the client's Range header.
-// A blob the cache does not have is a 404 BLOB_UNKNOWN, a reader that cannot be opened a 503.
+// One reader per request: opened on the whole blob, it tells the size the range is resolved
+// against (206 with Content-Range, or 416 with bytes */size) and is narrowed to it. A filling
+// blob whose size is not known yet is served whole (200). A blob the cache does not have is a
+// 404 BLOB_UNKNOWN, a reader that cannot be opened a 503.
 void stream_from_cache(const std::shared_ptr<http::Exchange>& ex, cache::Cache& cache,
                        const std::string& digest, const std::string& range);
-// The same with the reader of the whole blob already opened.
-void stream_from_cache(const std::shared_ptr<http::Exchange>& ex, cache::Cache& cache,
-                       const std::string& digest, const std::string& range,
-                       Result<std::unique_ptr<cache::BlobReader>> whole);
 
 }  // namespace drayage::registry::front

@@ -72,7 +72,7 @@ void RegistryFront::Impl::dispatch(const std::shared_ptr<Exchange>& ex, const Ro
             if (deps.uploads) return deps.uploads(ex, r);
             return send_error(*ex, 405, "UNSUPPORTED", "pushes are not accepted by this drayage");
     }
-    if (deps.passthrough) return deps.passthrough(ex);
+    if (deps.forward) return deps.forward(ex);
     send_error(*ex, 405, "UNSUPPORTED", "method not allowed here");
 }
 

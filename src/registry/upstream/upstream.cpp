@@ -1,4 +1,4 @@
-// UpstreamRegistry's public calls: each builds one ExchangeSpec (exchange.hpp) and reads its
+// UpstreamRegistry's public calls: each builds one UpstreamCallSpec (call.hpp) and reads its
 // reply; manifests are checked against every digest they are claimed to have.
 #include "drayage/registry/upstream.hpp"
 
@@ -8,10 +8,10 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "call.hpp"
 #include "drayage/registry/reference.hpp"
 #include "drayage/util/digest.hpp"
 #include "drayage/util/text.hpp"
-#include "exchange.hpp"
 
 namespace drayage::registry {
 namespace {
@@ -139,8 +139,8 @@ Result<std::string> verified_manifest_digest(const Reply& r, std::string_view re
 void UpstreamRegistry::head_manifest(std::string_view repo, std::string_view reference,
                                      std::string_view accept, Done<UpstreamManifest> done,
                                      std::optional<UpstreamCredentials> as) {
-    ExchangeSpec spec{"manifest_head", "HEAD",
-                      fmt::format("{}/v2/{}/manifests/{}", impl_->base, repo, reference)};
+    UpstreamCallSpec spec{"manifest_head", "HEAD",
+                          fmt::format("{}/v2/{}/manifests/{}", impl_->base, repo, reference)};
     spec.scope = repo_scope(repo);
     spec.as = std::move(as);
     if (!accept.empty()) spec.headers.emplace_back("Accept", std::string(accept));
@@ -154,7 +154,7 @@ void UpstreamRegistry::head_manifest(std::string_view repo, std::string_view ref
 void UpstreamRegistry::get_manifest(std::string_view repo, std::string_view reference,
                                     std::string_view accept, Done<UpstreamManifest> done) {
     std::string url = fmt::format("{}/v2/{}/manifests/{}", impl_->base, repo, reference);
-    ExchangeSpec spec{"manifest_get", "GET", url};
+    UpstreamCallSpec spec{"manifest_get", "GET", url};
     spec.scope = repo_scope(repo);
     spec.cap = kMaxManifestBytes;
     if (!accept.empty()) spec.headers.emplace_back("Accept", std::string(accept));
@@ -172,8 +172,8 @@ void UpstreamRegistry::get_manifest(std::string_view repo, std::string_view refe
 void UpstreamRegistry::head_blob(std::string_view repo, std::string_view digest,
                                  Done<UpstreamBlobHead> done,
                                  std::optional<UpstreamCredentials> as) {
-    ExchangeSpec spec{"blob_head", "HEAD",
-                      fmt::format("{}/v2/{}/blobs/{}", impl_->base, repo, digest)};
+    UpstreamCallSpec spec{"blob_head", "HEAD",
+                          fmt::format("{}/v2/{}/blobs/{}", impl_->base, repo, digest)};
     spec.scope = repo_scope(repo);
     spec.as = std::move(as);
     spec.follow_redirects = true;
@@ -188,8 +188,8 @@ std::shared_ptr<BlobFetch> UpstreamRegistry::get_blob(std::string_view repo,
                                                       std::string_view digest,
                                                       std::optional<ByteRange> range,
                                                       BlobHandlers handlers) {
-    ExchangeSpec spec{"blob_get", "GET",
-                      fmt::format("{}/v2/{}/blobs/{}", impl_->base, repo, digest)};
+    UpstreamCallSpec spec{"blob_get", "GET",
+                          fmt::format("{}/v2/{}/blobs/{}", impl_->base, repo, digest)};
     spec.scope = repo_scope(repo);
     spec.follow_redirects = true;
     spec.stream = true;
@@ -207,7 +207,7 @@ void UpstreamRegistry::get_tags(std::string_view repo, std::string_view query,
                                 Done<UpstreamListing> done) {
     std::string url = fmt::format("{}/v2/{}/tags/list", impl_->base, repo);
     if (!query.empty()) url += fmt::format("?{}", query);
-    ExchangeSpec spec{"tags", "GET", url};
+    UpstreamCallSpec spec{"tags", "GET", url};
     spec.scope = repo_scope(repo);
     spec.cap = kMaxListingBytes;
     spec.on_reply = [done = std::move(done)](Result<Reply> r) {
@@ -218,7 +218,7 @@ void UpstreamRegistry::get_tags(std::string_view repo, std::string_view query,
 }
 
 void UpstreamRegistry::authorization(std::string_view scope, Done<std::string> done) {
-    ExchangeSpec spec{"auth_probe", "GET", impl_->base + "/v2/"};
+    UpstreamCallSpec spec{"auth_probe", "GET", impl_->base + "/v2/"};
     spec.scope = std::string(scope);
     spec.authorize_only = true;
     spec.cap = kMaxErrorBody;
@@ -242,7 +242,7 @@ void UpstreamRegistry::authorization_refused(std::string_view scope,
 void UpstreamRegistry::get_catalog(std::string_view query, Done<UpstreamListing> done) {
     std::string url = impl_->base + "/v2/_catalog";
     if (!query.empty()) url += fmt::format("?{}", query);
-    ExchangeSpec spec{"catalog", "GET", url};
+    UpstreamCallSpec spec{"catalog", "GET", url};
     spec.scope = "registry:catalog:*";
     spec.cap = kMaxListingBytes;
     spec.on_reply = [done = std::move(done)](Result<Reply> r) {

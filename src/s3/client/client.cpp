@@ -1,5 +1,5 @@
-// S3 operations on the curl loop. One `Exchange` is one logical request (all its attempts) with a
-// buffered response; `StreamedRead` is a GET whose body goes to the caller as it arrives.
+// S3 operations on the curl loop. One `BufferedCall` is one logical request (all its attempts)
+// with a buffered response; `StreamedRead` is a GET whose body goes to the caller as it arrives.
 #include "drayage/s3/client.hpp"
 
 #include <event2/event.h>
@@ -222,9 +222,9 @@ struct Client::Impl {
 };
 
 // All attempts of one buffered request.
-class Exchange : public std::enable_shared_from_this<Exchange> {
+class BufferedCall : public std::enable_shared_from_this<BufferedCall> {
 public:
-    Exchange(Client::Impl& client, Request request, std::function<void(Result<Response>)> done)
+    BufferedCall(Client::Impl& client, Request request, std::function<void(Result<Response>)> done)
         : client_(client), request_(std::move(request)), done_(std::move(done)) {}
 
     void attempt() {
@@ -312,9 +312,9 @@ private:
 };
 
 void Client::Impl::execute(Request request, std::function<void(Result<Response>)> done) {
-    auto ex = std::make_shared<Exchange>(*this, std::move(request), std::move(done));
+    auto call = std::make_shared<BufferedCall>(*this, std::move(request), std::move(done));
     // Start on the next loop turn so every callback is asynchronous.
-    defer(loop->base(), std::chrono::milliseconds(0), [ex] { ex->attempt(); });
+    defer(loop->base(), std::chrono::milliseconds(0), [call] { call->attempt(); });
 }
 
 // A streamed GET with transparent resume (see Client::get).

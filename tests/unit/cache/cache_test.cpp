@@ -44,6 +44,60 @@ TEMPLATE_TEST_CASE("a filled blob is served whole and by range", "[cache]", Lmdb
           kErrNotFound);
 }
 
+// The front answers a Range with one reader: opened on the whole blob to learn its size, then
+// narrowed to the range (BlobReader::narrow), on a complete blob and on a running fill.
+TEMPLATE_TEST_CASE("a whole-blob reader narrowed to a range serves only that range", "[cache]",
+                   LmdbCache, MemoryCache) {
+    TempDir dir;
+    Base b;
+    auto cache = open_cache(b.base, TestType::options(dir, 64 * 1024 * 1024));
+    const std::uint64_t size = 3 * kChunk + 77;
+    std::string data = random_bytes(size, 9);
+    std::string digest = sha256_digest(data);
+    auto drain = [&](std::unique_ptr<BlobReader> reader) {
+        Sink s{std::move(reader)};
+        s.attach();
+        REQUIRE(pump(
+            b.base, [&] { return s.done(); }, [&] { s.step(); }));
+        REQUIRE(s.ended);
+        return s.got;
+    };
+
+    auto h = cache->start_or_join_fill(digest, size);
+    REQUIRE(h.ok());
+    auto joined = cache->open_reader(digest, 0, std::nullopt);
+    REQUIRE(joined.ok());
+    CHECK((*joined)->blob_size() == size);
+    (*joined)->narrow(kChunk - 5, 10);
+    CHECK((*joined)->end() == kChunk + 5);
+    Sink sink{std::move(*joined)};
+    sink.attach();
+    Source src{h->fill, data};
+    src.slice = 100'000;
+    src.attach();
+    REQUIRE(pump(
+        b.base, [&] { return sink.done() && h->fill->done(); },
+        [&] {
+            src.step();
+            sink.step();
+        }));
+    REQUIRE(h->fill->succeeded());
+    CHECK(sink.ended);
+    CHECK(sink.got == data.substr(kChunk - 5, 10));
+    CHECK(cache->stats().joins == 1);
+
+    const std::uint64_t hits = cache->stats().hits;
+    auto whole = cache->open_reader(digest, 0, std::nullopt);
+    REQUIRE(whole.ok());
+    (*whole)->narrow(size - 3, 3);
+    CHECK(drain(std::move(*whole)) == data.substr(size - 3));
+    auto other_thread = cache->open_complete_reader(digest, 0, std::nullopt);
+    REQUIRE(other_thread.ok());
+    (*other_thread)->narrow(2 * kChunk, kChunk);
+    CHECK(drain(std::move(*other_thread)) == data.substr(2 * kChunk, kChunk));
+    CHECK(cache->stats().hits - hits == 2);
+}
+
 TEMPLATE_TEST_CASE("many readers at their own offsets and speeds share one fill", "[cache]",
                    LmdbCache, MemoryCache) {
     TempDir dir;

@@ -1,12 +1,12 @@
 // Pure parts of the push path: query parameters, upload ids, Content-Range, the Range header, S3
-// timestamps, and which headers the passthrough drops.
+// timestamps, and which headers the forwarder drops.
 #include "drayage/registry/push.hpp"
 
 #include <catch2/catch.hpp>
 #include <set>
 #include <string>
 
-#include "drayage/registry/passthrough.hpp"
+#include "drayage/registry/forwarder.hpp"
 
 using namespace drayage::registry;
 

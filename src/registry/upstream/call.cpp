@@ -1,8 +1,8 @@
-// The Exchange: one operation against the upstream registry (an HTTP request plus at most one
+// The UpstreamCall: one operation against the upstream registry (an HTTP request plus at most one
 // retry after a 401 challenge), driven by HttpCall on the CurlLoop, with the time limits and body
-// caps of upstream.hpp; and the token fetches it needs, shared by all exchanges of one
+// caps of upstream.hpp; and the token fetches it needs, shared by all calls of one
 // UpstreamRegistry.
-#include "exchange.hpp"
+#include "call.hpp"
 
 #include <event2/event.h>
 #include <fmt/format.h>
@@ -97,20 +97,20 @@ UpstreamBlobHead blob_head_of(const net::CallResponse& r, std::string_view reque
 
 // One operation. Lifetime: owned by Impl::live until it finishes (or by the caller's BlobFetch
 // pointer after that); callbacks from HttpCall, the token cache and the timer hold weak_ptrs.
-class Exchange : public BlobFetch,
-                 private ExchangeSpec,
-                 public std::enable_shared_from_this<Exchange> {
+class UpstreamCall : public BlobFetch,
+                     private UpstreamCallSpec,
+                     public std::enable_shared_from_this<UpstreamCall> {
 public:
-    Exchange(UpstreamRegistry::Impl* impl, ExchangeSpec spec)
-        : ExchangeSpec(std::move(spec)), impl_(impl) {
-        timer_ = event_new(impl_->loop.base(), -1, 0, &Exchange::on_timer, this);
+    UpstreamCall(UpstreamRegistry::Impl* impl, UpstreamCallSpec spec)
+        : UpstreamCallSpec(std::move(spec)), impl_(impl) {
+        timer_ = event_new(impl_->loop.base(), -1, 0, &UpstreamCall::on_timer, this);
     }
-    ~Exchange() override {
+    ~UpstreamCall() override {
         if (call_) call_->cancel();
         if (timer_ != nullptr) event_free(timer_);
     }
-    Exchange(const Exchange&) = delete;
-    Exchange& operator=(const Exchange&) = delete;
+    UpstreamCall(const UpstreamCall&) = delete;
+    UpstreamCall& operator=(const UpstreamCall&) = delete;
 
     // Starts on the next loop iteration, so no callback runs inside the caller's call.
     void start() { arm(Job::kStart, std::chrono::milliseconds(0)); }
@@ -142,7 +142,7 @@ public:
 
 private:
     // What the timer does when it fires. kDeadline: the attempt in flight ran out of time;
-    // kFail and kErrorBodyFull end the exchange outside curl's callbacks (where no new transfer
+    // kFail and kErrorBodyFull end the call outside curl's callbacks (where no new transfer
     // may be started and the running one may not be removed).
     enum class Job { kNone, kStart, kDeadline, kFail, kErrorBodyFull };
 
@@ -154,8 +154,8 @@ private:
     }
 
     static void on_timer(evutil_socket_t, short, void* arg) {
-        auto* raw = static_cast<Exchange*>(arg);
-        std::shared_ptr<Exchange> self = raw->shared_from_this();
+        auto* raw = static_cast<UpstreamCall*>(arg);
+        std::shared_ptr<UpstreamCall> self = raw->shared_from_this();
         if (raw->finished_ || raw->impl_ == nullptr) return;
         Job job = raw->job_;
         raw->job_ = Job::kNone;
@@ -179,7 +179,7 @@ private:
     }
 
     // The time limit of the attempt in flight. Until the response head: upstream.response_timeout.
-    // A body that is buffered (manifests, listings, tokens) or an error body: the whole exchange
+    // A body that is buffered (manifests, listings, tokens) or an error body: the whole call
     // within upstream.timeout, counted from the request, so a body that trickles forever cannot
     // hold it. A 2xx blob body has no overall limit (a layer may take long on a slow link); curl's
     // low-speed check (upstream.stall_timeout) ends it when it stops.
@@ -227,7 +227,7 @@ private:
         // with the same credentials), and its token is not stored.
         std::string key = impl->token_key(scope);
         if (as) key += '\n' + as->username + '\0' + as->password;
-        std::weak_ptr<Exchange> weak = weak_from_this();
+        std::weak_ptr<UpstreamCall> weak = weak_from_this();
         std::string token;
         auto waiter = [weak, key](Result<std::string> got) {
             auto self = weak.lock();
@@ -276,7 +276,7 @@ private:
         o.connect_timeout = impl_->cfg.connect_timeout;
         o.stall_timeout = impl_->cfg.stall_timeout;
 
-        std::weak_ptr<Exchange> weak = weak_from_this();
+        std::weak_ptr<UpstreamCall> weak = weak_from_this();
         net::CallHandlers h;
         h.on_head = [weak](const net::CallResponse& r) {
             auto self = weak.lock();
@@ -298,7 +298,7 @@ private:
         if (finished_) return false;
         got_head_ = true;
         head_ = r;
-        // The first 401 of an authenticating exchange is a challenge to answer, not a result;
+        // The first 401 of an authenticating call is a challenge to answer, not a result;
         // except for an operation's own credentials, used fresh (their tokens are never stored,
         // so none can be stale): a 401 to them is the answer.
         retry_after_401_ =
@@ -522,19 +522,19 @@ private:
 UpstreamRegistry::Impl::~Impl() {
     auto all = std::move(live);
     live.clear();
-    for (auto& [raw, ex] : all)
-        ex->abandon();
+    for (auto& [raw, call] : all)
+        call->abandon();
 }
 
 std::string UpstreamRegistry::Impl::basic_header(const UpstreamCredentials& c) {
     return "Basic " + base64(c.username + ":" + c.password);
 }
 
-std::shared_ptr<BlobFetch> UpstreamRegistry::Impl::start(ExchangeSpec spec) {
-    auto ex = std::make_shared<Exchange>(this, std::move(spec));
-    live.emplace(ex.get(), ex);
-    ex->start();
-    return ex;
+std::shared_ptr<BlobFetch> UpstreamRegistry::Impl::start(UpstreamCallSpec spec) {
+    auto call = std::make_shared<UpstreamCall>(this, std::move(spec));
+    live.emplace(call.get(), call);
+    call->start();
+    return call;
 }
 
 void UpstreamRegistry::Impl::fetch_token(const std::string& key, const std::string& scope,
@@ -550,7 +550,7 @@ void UpstreamRegistry::Impl::fetch_token(const std::string& key, const std::stri
         if (sp > pos) url += "&scope=" + url_encode(std::string_view(scope).substr(pos, sp - pos));
         pos = sp + 1;
     }
-    ExchangeSpec spec{"token", "GET", url};
+    UpstreamCallSpec spec{"token", "GET", url};
     spec.cap = kMaxTokenBody;
     spec.follow_redirects = true;
     spec.headers.emplace_back("Accept", "application/json");

@@ -1,5 +1,5 @@
-// Forwarding to the registry behind drayage. Contract in include/drayage/registry/passthrough.hpp.
-#include "drayage/registry/passthrough.hpp"
+// Forwarding to the registry behind drayage. Contract in include/drayage/registry/forwarder.hpp.
+#include "drayage/registry/forwarder.hpp"
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -145,11 +145,11 @@ std::string credential_scope(const http::Request& req) {
     return fmt::format("repository:{}:{}", route->name, actions);
 }
 
-struct Passthrough::Impl : std::enable_shared_from_this<Passthrough::Impl> {
+struct Forwarder::Impl : std::enable_shared_from_this<Forwarder::Impl> {
     net::CurlLoop& loop;
-    PassthroughOptions options;
+    ForwarderOptions options;
 
-    Impl(net::CurlLoop& l, PassthroughOptions o) : loop(l), options(std::move(o)) {
+    Impl(net::CurlLoop& l, ForwarderOptions o) : loop(l), options(std::move(o)) {
         while (!options.upstream_url.empty() && options.upstream_url.back() == '/')
             options.upstream_url.pop_back();
     }
@@ -332,12 +332,12 @@ struct Passthrough::Impl : std::enable_shared_from_this<Passthrough::Impl> {
     }
 };
 
-Passthrough::Passthrough(net::CurlLoop& loop, PassthroughOptions options)
+Forwarder::Forwarder(net::CurlLoop& loop, ForwarderOptions options)
     : impl_(std::make_shared<Impl>(loop, std::move(options))) {}
 
-Passthrough::~Passthrough() = default;
+Forwarder::~Forwarder() = default;
 
-void Passthrough::handle(std::shared_ptr<http::Exchange> exchange) {
+void Forwarder::handle(std::shared_ptr<http::Exchange> exchange) {
     impl_->handle(exchange);
 }
 

@@ -1,4 +1,4 @@
-// Passthrough: requests drayage does not serve itself (manifest PUT/DELETE, blob DELETE, ...)
+// Forwarder: requests drayage does not serve itself (manifest PUT/DELETE, blob DELETE, ...)
 // forwarded to the registry behind it (`upstream.url`), streaming in both directions.
 //
 // The request goes out with the client's method, path and query and its end-to-end headers;
@@ -37,7 +37,7 @@
 
 namespace drayage::registry {
 
-struct PassthroughOptions {
+struct ForwarderOptions {
     std::string upstream_url;            // "http://127.0.0.1:5000" (a path prefix is kept)
     std::string client_scheme = "http";  // X-Forwarded-Proto: "https" when drayage serves TLS
     bool verify_tls = true;
@@ -48,19 +48,19 @@ struct PassthroughOptions {
     // the client's connection and the upstream's forever.
     std::chrono::milliseconds total_timeout{60'000};
     // Set when drayage has its own `auth`: requests carry these credentials, never the
-    // client's. Must outlive the Passthrough.
+    // client's. Must outlive the Forwarder.
     UpstreamRegistry* credentials = nullptr;
 };
 
-class Passthrough {
+class Forwarder {
 public:
     // `loop` must outlive this object and every call it started.
-    Passthrough(net::CurlLoop& loop, PassthroughOptions options);
-    ~Passthrough();
-    Passthrough(const Passthrough&) = delete;
-    Passthrough& operator=(const Passthrough&) = delete;
+    Forwarder(net::CurlLoop& loop, ForwarderOptions options);
+    ~Forwarder();
+    Forwarder(const Forwarder&) = delete;
+    Forwarder& operator=(const Forwarder&) = delete;
 
-    // FrontDeps::passthrough.
+    // FrontDeps::forward.
     void handle(std::shared_ptr<http::Exchange> exchange);
 
     struct Impl;

@@ -1,6 +1,6 @@
 // Private to src/registry/upstream: what one UpstreamRegistry shares between its operations (the
-// registry's challenge, the token cache, the exchanges in flight), and the description of one
-// operation. exchange.cpp carries operations out (the Exchange: authorize, send, time limits,
+// registry's challenge, the token cache, the calls in flight), and the description of one
+// operation. call.cpp carries operations out (the UpstreamCall: authorize, send, time limits,
 // one retry after a 401); upstream.cpp builds them for the public calls.
 #pragma once
 
@@ -20,10 +20,10 @@
 namespace drayage::registry {
 
 // Error and 401 bodies are kept for messages up to this; past it the connection is closed (an
-// error body that never ends must not hold the exchange, and the client waiting on it, forever).
+// error body that never ends must not hold the call, and the client waiting on it, forever).
 inline constexpr std::size_t kMaxErrorBody = 64 * 1024;
 
-// What a buffered exchange returns.
+// What a buffered call returns.
 struct Reply {
     net::CallResponse head;
     std::string body;
@@ -32,8 +32,8 @@ struct Reply {
 
 // One operation: an HTTP request to the registry, authorized as its last challenge asked, sent
 // once more after a first 401 that was a challenge.
-struct ExchangeSpec {
-    ExchangeSpec(std::string op_label, std::string http_method, std::string target)
+struct UpstreamCallSpec {
+    UpstreamCallSpec(std::string op_label, std::string http_method, std::string target)
         : op(std::move(op_label)), method(std::move(http_method)), url(std::move(target)) {}
 
     std::string op;  // the `op` label in drayage_upstream_requests_total
@@ -47,7 +47,7 @@ struct ExchangeSpec {
     std::uint64_t cap = 0;
     std::function<void(Result<Reply>)> on_reply;
     // Only learn what to authorize `scope` with: once the registry's scheme is known, the
-    // exchange ends with a Reply carrying the Authorization instead of sending the request.
+    // call ends with a Reply carrying the Authorization instead of sending the request.
     bool authorize_only = false;
     // Streamed (a blob GET): a 2xx body goes to `blob` with flow control.
     bool stream = false;
@@ -55,7 +55,7 @@ struct ExchangeSpec {
     BlobHandlers blob;
 };
 
-class Exchange;
+class UpstreamCall;
 
 struct UpstreamRegistry::Impl {
     net::CurlLoop& loop;
@@ -71,8 +71,8 @@ struct UpstreamRegistry::Impl {
     TokenCache tokens;
     std::uint64_t token_fetches = 0;
 
-    // Every exchange not yet finished, so the destructor can cancel them.
-    std::map<Exchange*, std::shared_ptr<Exchange>> live;
+    // Every call not yet finished, so the destructor can cancel them.
+    std::map<UpstreamCall*, std::shared_ptr<UpstreamCall>> live;
 
     Impl(net::CurlLoop& l, config::UpstreamConfig c) : loop(l), cfg(std::move(c)) {
         base = cfg.url;
@@ -98,7 +98,7 @@ struct UpstreamRegistry::Impl {
     // Starts `spec` on the next loop iteration, so no callback runs inside the caller's call.
     // Exactly one of on_reply / blob.on_done runs, unless the returned handle cancels it or this
     // Impl is destroyed first.
-    std::shared_ptr<BlobFetch> start(ExchangeSpec spec);
+    std::shared_ptr<BlobFetch> start(UpstreamCallSpec spec);
     // `keep`: store the token for later operations (not for an operation's own credentials).
     void fetch_token(const std::string& key, const std::string& scope,
                      const UpstreamCredentials& creds, bool keep);
