@@ -7,10 +7,11 @@
 //   lookup(digest)
 //     complete -> open_reader(digest, offset, len): a BlobReader over committed chunks
 //     filling  -> open_reader(...): a BlobReader joined to that fill
-//     absent   -> the front asks the origins (the bucket, the upstream) in turn; when one answers
-//                 with the blob's head, start_or_join_fill(digest, size). If `started`, the front
-//                 drives that origin's bytes into the fill (append, finish or fail); either way it
-//                 opens a reader for each client waiting for the digest.
+//     absent   -> the fetch layer (registry/fetch.hpp) asks the origins (the bucket, the
+//                 upstream) in turn; when one answers with the blob's head,
+//                 start_or_join_fill(digest, size). If `started`, it drives that origin's bytes
+//                 into the fill (append, finish or fail); either way the front opens a reader for
+//                 each client waiting for the digest.
 //   The server calls reader->read(max) while its socket is under the high watermark; on
 //   would_block it waits for the on_readable callback.
 //
