@@ -282,14 +282,8 @@ void CacheFill::set_cancel_callback(std::function<void()> cb) {
     on_cancel_ = std::move(cb);
 }
 void CacheFill::on_end(std::function<void(const Status&)> cb) {
-    if (!done()) {
-        on_end_ = std::move(cb);
-        return;
-    }
-    if (cache_ == nullptr) return;  // the Cache is gone, and with it the loop turn
-    Status outcome;
-    if (!succeeded()) outcome = error_;
-    cache_->impl_->defer([cb = std::move(cb), outcome] { cb(outcome); });
+    on_end_ = std::move(cb);
+    if (done()) report_end();
 }
 
 void CacheFill::report_end() {

@@ -12,6 +12,7 @@
 #include <map>
 #include <set>
 
+#include "drayage/net/defer.hpp"
 #include "drayage/util/text.hpp"
 
 namespace drayage::net {
@@ -216,17 +217,9 @@ void CurlLoop::add(CURL* easy, std::function<void(int)> done, std::function<void
         auto it = impl_->transfers.find(easy);
         auto failed = std::move(it->second.done);
         impl_->transfers.erase(it);
-        auto* ctx = new std::function<void(int)>(std::move(failed));
-        event_base_once(
-            base_, -1, EV_TIMEOUT,
-            [](evutil_socket_t, short, void* arg) {
-                std::unique_ptr<std::function<void(int)>> fn(
-                    static_cast<std::function<void(int)>*>(arg));
-                if (*fn) {
-                    (*fn)(CURLE_FAILED_INIT);
-                }
-            },
-            ctx, nullptr);
+        defer(base_, std::chrono::milliseconds(0), [failed = std::move(failed)] {
+            if (failed) failed(CURLE_FAILED_INIT);
+        });
     }
 }
 

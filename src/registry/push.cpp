@@ -110,8 +110,9 @@ struct BlobUploads::Impl : std::enable_shared_from_this<BlobUploads::Impl> {
     std::map<std::string, std::shared_ptr<Session>> sessions;
     std::unique_ptr<event, EventDeleter> sweep_timer;
 
-    // Read-backs of pushed blobs into the cache (null: none).
+    // Read-backs of pushed blobs into the cache (null: none), from the bucket alone.
     std::shared_ptr<Fetcher> fetcher;
+    OriginSet from_bucket;
 
     Impl(event_base* b, s3::Client& c, cache::Cache* ca, std::shared_ptr<Fetcher> f,
          UploadOptions o)
@@ -123,7 +124,8 @@ struct BlobUploads::Impl : std::enable_shared_from_this<BlobUploads::Impl> {
           uploads_prefix(layout.root_prefix() + "_drayage/uploads/"),
           node_prefix(uploads_prefix + sanitize_node(options.node) + "/"),
           bucket(make_bucket_origin(c, c.config().rootdirectory)),
-          fetcher(std::move(f)) {}
+          fetcher(std::move(f)),
+          from_bucket{{{bucket, false}}} {}
 
     void start_timer() {
         sweep_timer.reset(event_new(base, -1, EV_PERSIST, &Impl::sweep_cb, this));
@@ -568,8 +570,6 @@ struct BlobUploads::Impl : std::enable_shared_from_this<BlobUploads::Impl> {
         if (!lookup || lookup->presence != cache::Presence::absent) return;
         // Through the fetch layer, from the bucket only: a pull of the same digest that is
         // already being fetched is joined, not fetched a second time.
-        OriginSet from_bucket;
-        from_bucket.sources.push_back({bucket, false});
         fetcher->fetch(repo, d.str(), from_bucket, [](const FetchOutcome& o) {
             using Kind = FetchOutcome::Kind;
             if (o.kind != Kind::filling) {

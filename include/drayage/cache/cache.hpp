@@ -149,7 +149,8 @@ public:
     // writer's sha256 of them matched the digest, the fill's error otherwise (source failure,
     // digest or size mismatch, abandoned, Cache closed). Whoever tees the same bytes elsewhere
     // (write-through to the bucket) can rely on that one hash instead of computing its own.
-    // Set after the fill ended, it runs with the outcome on the next loop turn.
+    // Set after the fill ended, it runs with the outcome on the next loop turn (at once when the
+    // Cache is gone).
     void on_end(std::function<void(const Status&)> cb);
 
     const std::string& digest() const { return digest_; }

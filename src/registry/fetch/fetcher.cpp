@@ -1,12 +1,12 @@
 // The fetch layer (include/drayage/registry/fetch.hpp): one flight per digest from the origins
 // into a CacheFill, and write-through of a source's bytes into the bucket.
-#include <event2/event.h>
 #include <spdlog/spdlog.h>
 
 #include <functional>
 #include <string>
 #include <utility>
 
+#include "drayage/net/defer.hpp"
 #include "drayage/registry/fetch.hpp"
 #include "drayage/registry/reference.hpp"
 #include "drayage/s3/layout.hpp"
@@ -16,18 +16,6 @@
 namespace drayage::registry {
 
 namespace {
-
-// Runs `fn` on the next turn of `base`'s loop.
-void next_turn(event_base* base, std::function<void()> fn) {
-    auto* arg = new std::function<void()>(std::move(fn));
-    event_base_once(
-        base, -1, EV_TIMEOUT,
-        [](evutil_socket_t, short, void* a) {
-            std::unique_ptr<std::function<void()>> f(static_cast<std::function<void()>*>(a));
-            (*f)();
-        },
-        arg, nullptr);
-}
 
 metrics::Counter& write_through_counter(const char* result) {
     return metrics::global().counter("drayage_writethrough_total",
@@ -138,7 +126,8 @@ bool Fetcher::origin_head(const std::shared_ptr<Flight>& f, const OriginHead& he
                              f->digest);
             o.kind = FetchOutcome::Kind::uncached;
             auto self = shared_from_this();
-            next_turn(cache_.base(), [self, f, o] { self->tell(f, o); });
+            net::defer(cache_.base(), std::chrono::milliseconds(0),
+                       [self, f, o] { self->tell(f, o); });
             return false;
         }
         spdlog::warn("blob {} not cacheable: {}", f->digest, fh.error().to_string());

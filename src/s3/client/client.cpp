@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <random>
 
+#include "drayage/net/defer.hpp"
 #include "drayage/s3/retry.hpp"
 #include "drayage/s3/sigv2.hpp"
 #include "drayage/s3/sigv4.hpp"
@@ -39,25 +40,7 @@ std::string md5_base64(std::string_view data) {
     return std::string(reinterpret_cast<const char*>(out.data()), static_cast<std::size_t>(n));
 }
 
-// Runs `fn` on the next loop turn (or after `delay`): callbacks never run inside the call that
-// started an operation, and retries wait without blocking.
-void defer(event_base* base, std::chrono::milliseconds delay, std::function<void()> fn) {
-    auto* heap = new std::function<void()>(std::move(fn));
-    timeval tv{static_cast<time_t>(delay.count() / 1000),
-               static_cast<suseconds_t>((delay.count() % 1000) * 1000)};
-    int rc = event_base_once(
-        base, -1, EV_TIMEOUT,
-        [](evutil_socket_t, short, void* arg) {
-            std::unique_ptr<std::function<void()>> f(static_cast<std::function<void()>*>(arg));
-            (*f)();
-        },
-        heap, &tv);
-    if (rc != 0) {
-        // Only when libevent cannot allocate; there is no way to deliver the callback later.
-        spdlog::critical("event_base_once failed; an S3 callback is lost");
-        delete heap;
-    }
-}
+using net::defer;
 
 std::string content_range_total(std::string_view content_range) {
     // "bytes 0-99/1234"
