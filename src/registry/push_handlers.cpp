@@ -192,20 +192,21 @@ void BlobUploads::Impl::refuse_digest(Exchange& ex) {
     send_error(ex, 400, "DIGEST_INVALID", "the uploaded content does not match the digest");
 }
 
+bool BlobUploads::Impl::chunk_follows_on(Exchange& ex, const Session& s) {
+    const http::Request& req = ex.request();
+    Status st = check_chunk_range(req.header("Content-Range"), req.content_length, s.offset);
+    if (st) return true;
+    // Where the upload stands, as a status GET would say: the client continues from there.
+    HeaderList extra = session_headers(s);
+    extra.erase(extra.begin());  // send_error adds the API header
+    send_error(ex, 416, "RANGE_INVALID", st.error().message, std::move(extra));
+    return false;
+}
+
 void BlobUploads::Impl::patch(const std::shared_ptr<Exchange>& ex,
                               const std::shared_ptr<Session>& s) {
     if (s->busy) return busy(*ex);
-    std::string_view cr = ex->request().header("Content-Range");
-    if (!cr.empty()) {
-        auto range = parse_upload_range(cr);
-        if (!range || range->first != s->offset) {
-            HeaderList extra = session_headers(*s);
-            extra.erase(extra.begin());  // send_error adds the API header
-            return send_error(*ex, 416, "RANGE_INVALID",
-                              fmt::format("the upload continues at byte {}", s->offset),
-                              std::move(extra));
-        }
-    }
+    if (!chunk_follows_on(*ex, *s)) return;
     stream_body(s, ex, [s, ex] {
         ex->send_head(202, session_headers(*s), 0);
         ex->finish();
@@ -219,6 +220,8 @@ void BlobUploads::Impl::put(const std::shared_ptr<Exchange>& ex,
     if (!digest_text) return send_error(*ex, 400, "DIGEST_INVALID", "the final PUT needs ?digest=");
     auto d = BlobDigest::parse(*digest_text);
     if (!d) return send_error(*ex, 400, "DIGEST_INVALID", d.error().message);
+    // The last chunk may come with the PUT, under the same rule as a PATCH's.
+    if (!chunk_follows_on(*ex, *s)) return;
     BlobDigest digest = *d;
     auto self = shared_from_this();
     stream_body(s, ex, [self, s, ex, digest] { self->finalize(s, ex, digest); });

@@ -136,6 +136,9 @@ struct BlobUploads::Impl : std::enable_shared_from_this<BlobUploads::Impl> {
     static void refuse_digest(Exchange& ex);
 
     // ----- PATCH / PUT (push_handlers.cpp) -----------------------------------------------
+    // check_chunk_range for the request; when it fails, answers 416 RANGE_INVALID with the
+    // upload's Range and Location (and returns false).
+    static bool chunk_follows_on(Exchange& ex, const Session& s);
     void patch(const std::shared_ptr<Exchange>& ex, const std::shared_ptr<Session>& s);
     void put(const std::shared_ptr<Exchange>& ex, const std::shared_ptr<Session>& s);
 
