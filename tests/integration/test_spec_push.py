@@ -18,18 +18,22 @@ answers; docs/compatibility.md has the table.
 - No OCI-Chunk-Min-Length: chunks of any size are gathered into S3 parts of chunksize.
 - Manifest PUT by digest and by tag, a body that is not the digest, a manifest naming blobs the
   registry lacks: the registry's answers, passed through.
+- containerd and docker push through drayage, following its relative Locations.
 - A malformed ?digest= is 400 DIGEST_INVALID; an unknown upload is 404 BLOB_UPLOAD_UNKNOWN (the
   registry: 404 BLOB_UPLOAD_INVALID for an id without its _state); DELETE is 204, then 404.
 
 Run: DRAYAGE_BUILD_DIR=build /usr/bin/python3 -m pytest tests/integration/test_spec_push.py
 """
 import json
+import tarfile
 import urllib.parse
 import uuid
 
 import requests
 
-from harness.registry import OCI_CONFIG, OCI_LAYER_TAR, OCI_MANIFEST, Registry
+from harness.clients import Containerd, Dockerd
+from harness.registry import (ALL_MANIFESTS, OCI_CONFIG, OCI_LAYER_TAR, OCI_MANIFEST,
+                              Registry, build_oci_layout)
 from harness.swift import swift  # noqa: F401 - session fixture
 from test_auth_pull import auth_config
 from test_push_api import MiB, Stack, data, digest_of, stack  # noqa: F401 - fixture
@@ -402,3 +406,47 @@ def test_error_statuses(stack):
             r = requests.request(method, follow(base, at), timeout=30)
             assert r.status_code == 404, (label, method)
             assert error_code(r) == "BLOB_UPLOAD_UNKNOWN"
+
+
+def test_containerd_pushes_through_relative_locations(stack, tmp_path):
+    """A real client follows drayage's relative Locations: containerd (ctr 1.6) pushes an image
+    (a layer of two S3 parts, a small one, config, manifest) and the registry serves it."""
+    layout = tmp_path / "layout"
+    manifest, config, layers = build_oci_layout(layout, "v1", [2048, 5 * MiB + 1024], seed=40)
+    archive = tmp_path / "image.tar"
+    with tarfile.open(archive, "w") as tar:
+        for entry in sorted(layout.iterdir()):
+            tar.add(entry, arcname=entry.name)
+    name = repo("ctr")
+    target = f"127.0.0.1:{stack.drayage.port}/{name}:v1"
+    with Containerd(tmp_path / "ctrd") as c:
+        r = c.ctr("image", "import", "--base-name", "local/app", "--all-platforms",
+                  "--no-unpack", str(archive))
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = c.ctr("image", "push", "--plain-http", target, "local/app:v1")
+        assert r.returncode == 0, r.stdout + r.stderr + stack.drayage.log()[-2000:]
+    for blob in [config] + layers:
+        stack.assert_stored(name, blob.path.read_bytes())
+    st, _, body = stack.registry.get(f"/v2/{name}/manifests/v1", headers={"Accept": OCI_MANIFEST})
+    assert st == 200 and body == manifest
+
+
+def test_docker_pushes_through_relative_locations(stack, tmp_path):
+    """The same with dockerd 20.10: an image built from scratch (a layer of its own, so it is
+    uploaded, not mounted) pushed to drayage; the registry then serves its manifest."""
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "payload.bin").write_bytes(data(6 * MiB, 41))
+    (context / "Dockerfile").write_text("FROM scratch\nCOPY payload.bin /payload.bin\n")
+    name = repo("docker")
+    target = f"127.0.0.1:{stack.drayage.port}/{name}:v1"
+    with Containerd(tmp_path / "ctrd") as c, Dockerd(tmp_path / "dockerd", c, stack.url) as dk:
+        built = dk.docker("build", "-q", "-t", target, str(context))
+        assert built.returncode == 0, built.stdout + built.stderr
+        r = dk.docker("push", target)
+        assert r.returncode == 0, r.stdout + r.stderr + stack.drayage.log()[-2000:]
+        pushed = dk.repo_digest(target)
+    st, headers, _ = stack.registry.get(f"/v2/{name}/manifests/v1",
+                                        headers={"Accept": ALL_MANIFESTS})
+    assert st == 200
+    assert headers["Docker-Content-Digest"] == pushed
