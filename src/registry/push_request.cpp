@@ -39,6 +39,20 @@ Result<UploadRange> parse_upload_range(std::string_view header) {
     return r;
 }
 
+Status check_chunk_range(std::string_view content_range,
+                         std::optional<std::uint64_t> content_length, std::uint64_t offset) {
+    if (content_range.empty()) return {};
+    auto range = parse_upload_range(content_range);
+    bool follows = range && range->first == offset;
+    bool sized = !range || !content_length || *content_length == range->last - range->first + 1;
+    if (follows && sized) return {};
+    return make_error("RANGE_INVALID",
+                      std::string(follows ? "Content-Range does not cover the Content-Length: "
+                                          : "Content-Range does not follow on: ") +
+                          "the upload continues at byte " + std::to_string(offset),
+                      416);
+}
+
 std::string upload_range_header(std::uint64_t offset) {
     return "0-" + std::to_string(offset == 0 ? 0 : offset - 1);
 }

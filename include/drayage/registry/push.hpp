@@ -12,14 +12,27 @@
 //                                                         written), else handled as if without
 //                                                         mount= (digest= or a new session)
 //   PATCH  /v2/<name>/blobs/uploads/<uuid>                202, bytes appended (Content-Range
-//                                                         optional; 416 when it does not start
-//                                                         at the session's offset)
-//   PUT    /v2/<name>/blobs/uploads/<uuid>?digest=<d>     201, optional last bytes, then verified
+//                                                         optional; 416 RANGE_INVALID, with the
+//                                                         upload's Range and Location, when it
+//                                                         does not start at the session's offset
+//                                                         or does not cover the Content-Length)
+//   PUT    /v2/<name>/blobs/uploads/<uuid>?digest=<d>     201, optional last bytes (Content-Range
+//                                                         checked as for a PATCH), then verified
 //                                                         and placed
-//   GET    /v2/<name>/blobs/uploads/<uuid>                204, Range: 0-<offset-1>
+//   GET    /v2/<name>/blobs/uploads/<uuid>                204, Range: 0-<offset-1>, Location,
+//                                                         Docker-Upload-UUID
 //   DELETE /v2/<name>/blobs/uploads/<uuid>                204, cancelled
 // Unknown (or expired) session: 404 BLOB_UPLOAD_UNKNOWN. A second PATCH/PUT while one is still
-// streaming into the same session: 409 BLOB_UPLOAD_INVALID (bytes must arrive in order).
+// streaming into the same session: 409 BLOB_UPLOAD_INVALID (bytes must arrive in order). A
+// ?digest= outside the digest grammar: 400 DIGEST_INVALID before a byte is read.
+//
+// Locations are paths ("/v2/<name>/blobs/uploads/<uuid>", "/v2/<name>/blobs/<d>"), the same
+// from POST, PATCH and GET: the spec allows relative ones, docker, containerd and skopeo resolve
+// them against the URL they asked, and a path stays right behind a proxy that terminates TLS or
+// renames the host (the registry builds absolute ones from its Host or X-Forwarded-Host).
+//
+// No OCI-Chunk-Min-Length: S3 parts have a minimum (chunksize), but the session gathers chunks
+// of any size into parts, so clients may send any chunk size.
 //
 // Where the bytes go. A session streams into an s3::MultipartUpload under a drayage-owned
 // temporary key, `<rootdirectory>/_drayage/uploads/<node>/<uuid>/data` (outside
@@ -112,6 +125,15 @@ struct UploadRange {
     std::uint64_t last = 0;
 };
 Result<UploadRange> parse_upload_range(std::string_view header);
+
+// Whether a chunk (a PATCH, or the body of the closing PUT) may be appended to an upload that
+// holds `offset` bytes. Without a Content-Range (`content_range` empty) any chunk follows on.
+// With one, it must start at `offset` and, when the body's length is declared
+// (`content_length`; nullopt for a chunked body), cover exactly that many bytes: the spec's
+// <end-of-range> is the end of the Content-Range. Error 416 RANGE_INVALID otherwise, its message
+// naming the byte the upload continues at.
+Status check_chunk_range(std::string_view content_range,
+                         std::optional<std::uint64_t> content_length, std::uint64_t offset);
 
 // The Range header of an upload with `offset` bytes received: "0-<offset-1>", or "0-0" when
 // empty (what Distribution answers).

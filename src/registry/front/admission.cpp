@@ -137,17 +137,22 @@ void RegistryFront::Impl::check_mount(const std::shared_ptr<Exchange>& ex, const
     auto digest = BlobDigest::parse(*mount);
     if (!digest) return deps.uploads(ex, r);  // to the push code, an upload like any other
     auto from = normalize_repository(param("from").value_or(""), deps.auth->policy().docker_hub());
-    if (!from || !deps.auth->may(who, *from, Action::pull)) {
+    // No `from`, or one outside the grammar: nothing to mount from. The push path, reading the
+    // same `from`, opens an upload session instead (the spec's 202, as the registry does).
+    if (!from) return deps.uploads(ex, r);
+    if (!deps.auth->may(who, *from, Action::pull)) {
         ex->set_outcome("denied:mount");
-        return deps.auth->challenge(
-            *ex,
-            scope_for(r.name, {Action::pull, Action::push}) + " " +
-                scope_for(from ? *from : std::string("unknown"), {Action::pull}),
-            "mount source not readable");
+        return deps.auth->challenge(*ex,
+                                    scope_for(r.name, {Action::pull, Action::push}) + " " +
+                                        scope_for(*from, {Action::pull}),
+                                    "mount source not readable");
     }
     Route source{Endpoint::blob, *from, digest->str(), true};
     auto self = shared_from_this();
-    prove_blob(ex, source, [self, ex, r] { self->deps.uploads(ex, r); });
+    auto go = [self, ex, r] { self->deps.uploads(ex, r); };
+    // Unproven, the push path opens an upload session too: it mounts only a blob the bucket
+    // links in `from`, and such a link would have been the proof.
+    prove_blob(ex, source, go, go);
 }
 
 // auth.passthrough: reads of these repositories are allowed when the upstream lets the
@@ -212,16 +217,20 @@ void RegistryFront::Impl::authorize(const std::shared_ptr<Exchange>& ex, std::st
 // client gets 404 BLOB_UNKNOWN (503 when the upstream could not answer), the same as for a
 // blob that does not exist, and never joins a fill.
 void RegistryFront::Impl::prove_blob(const std::shared_ptr<Exchange>& ex, const Route& r,
-                                     std::function<void()> go) {
+                                     std::function<void()> go, std::function<void()> unproven) {
     auto linked = deps.cache->is_linked(r.name, r.reference);
     if (linked && *linked) return go();
     auto self = shared_from_this();
-    auto ask_upstream = [self, ex, r, go] {
-        if (!self->deps.upstream) return self->refuse_unlinked(*ex, std::nullopt);
+    auto refuse = [self, ex, unproven](const std::optional<Error>& upstream_error) {
+        if (unproven) return unproven();
+        self->refuse_unlinked(*ex, upstream_error);
+    };
+    auto ask_upstream = [self, ex, r, go, refuse] {
+        if (!self->deps.upstream) return refuse(std::nullopt);
         self->deps.upstream->head_blob(r.name, r.reference,
-                                       [self, ex, r, go](Result<UpstreamBlobHead> h) {
+                                       [self, ex, r, go, refuse](Result<UpstreamBlobHead> h) {
                                            if (ex->closed()) return;
-                                           if (!h) return self->refuse_unlinked(*ex, h.error());
+                                           if (!h) return refuse(h.error());
                                            self->deps.cache->link(r.name, r.reference);
                                            go();
                                        });

@@ -68,9 +68,11 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
     // RegistryFront::authorize.
     void authorize(const std::shared_ptr<http::Exchange>& ex, std::string_view repo, Action action,
                    std::function<void(bool)> done);
-    // Runs `go` only once drayage knows r.reference belongs to r.name (see admission.cpp).
+    // Runs `go` only once drayage knows r.reference belongs to r.name (see admission.cpp);
+    // otherwise `unproven`, or, when that is empty, refuse_unlinked's 404 (503 when the
+    // upstream could not be asked).
     void prove_blob(const std::shared_ptr<http::Exchange>& ex, const Route& r,
-                    std::function<void()> go);
+                    std::function<void()> go, std::function<void()> unproven = {});
     void refuse_unlinked(http::Exchange& ex, const std::optional<Error>& upstream_error);
 
     // ----- blobs (blob_serving.cpp) ----------------------------------------------------------

@@ -3,6 +3,7 @@
 #include "drayage/registry/push.hpp"
 
 #include <catch2/catch.hpp>
+#include <optional>
 #include <set>
 #include <string>
 
@@ -45,6 +46,40 @@ TEST_CASE("Content-Range of a PATCH") {
         auto e = parse_upload_range(bad);
         REQUIRE_FALSE(e);
         CHECK(e.error().status == 416);
+    }
+}
+
+TEST_CASE("a chunk's Content-Range must follow on and cover its length") {
+    // No Content-Range: any chunk follows on.
+    CHECK(check_chunk_range("", 10, 0));
+    CHECK(check_chunk_range("", std::nullopt, 5000));
+    // At the offset, as long as the body's declared length.
+    CHECK(check_chunk_range("0-999", 1000, 0));
+    CHECK(check_chunk_range("1000-1000", 1, 1000));
+    CHECK(check_chunk_range("bytes 1000-1999/3000", 1000, 1000));
+    // A chunked body has no declared length: only the start is checked.
+    CHECK(check_chunk_range("1000-1099", std::nullopt, 1000));
+
+    struct Bad {
+        const char* range;
+        std::optional<std::uint64_t> length;
+        std::uint64_t offset;
+    };
+    for (const Bad& b : {Bad{"1500-2499", 1000, 1000},  // a gap
+                         Bad{"500-1499", 1000, 1000},   // an overlap
+                         Bad{"1-1000", 1000, 0},        // the first chunk starts at 0
+                         Bad{"1000-1099", 1000, 1000},  // shorter than the body
+                         Bad{"1000-2999", 1000, 1000},  // longer than the body
+                         Bad{"1000-1000", 0, 1000},     // an empty body covers no byte
+                         Bad{"garbage", 10, 0},         // outside ^[0-9]+-[0-9]+$
+                         Bad{"9-3", std::nullopt, 9}}) {
+        INFO(b.range);
+        auto st = check_chunk_range(b.range, b.length, b.offset);
+        REQUIRE_FALSE(st);
+        CHECK(st.error().status == 416);
+        CHECK(st.error().code == "RANGE_INVALID");
+        CHECK(st.error().message.find("continues at byte " + std::to_string(b.offset)) !=
+              std::string::npos);
     }
 }
 
