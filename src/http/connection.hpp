@@ -6,17 +6,29 @@
 // Exchange after the connection died touches nothing freed. A Connection is never deleted from
 // inside its own callbacks: close_now() only disables I/O and activates `reap_`, and the Server
 // frees it from that event, on a clean stack.
+//
+// Its jobs, by file:
+//   connection.cpp         lifecycle: start, close, reap, kick, timers, the end of a response
+//                          (next request, or flush, linger and close) and socket events
+//   connection_input.cpp   reading and parsing input, dispatching a request to the handler,
+//                          parse errors
+//   connection_output.cpp  writing: response heads, bodies (Content-Length, chunked, raw),
+//                          flow control, hand-off of the connection, the access log line
+//   exchange.cpp           Exchange, the handler's thin handle onto the connection
 #pragma once
 
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/listener.h>
+#include <spdlog/spdlog.h>
 
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "drayage/http/parser.hpp"
@@ -149,6 +161,36 @@ private:
     std::string head_bytes_;        // the current request's head as received (on_handoff servers)
     bool handoff_pending_ = false;  // handed off; waiting for the output to drain
 };
+
+// Runs a handler callback kept in `slot`. It is moved out for the call so that the handler may
+// replace it, or finish the exchange (which drops every callback), from inside without
+// destroying the function that is running; it is put back afterwards unless either happened.
+// An exception from a handler is contained here: it must not unwind through libevent.
+template <typename Sig, typename... Args>
+bool run_callback(Exchange& ex, std::function<Sig>& slot, bool restore, Args&&... args) {
+    if (!slot) return true;
+    std::function<Sig> fn = std::move(slot);
+    slot = nullptr;
+    bool ok = true;
+    try {
+        fn(std::forward<Args>(args)...);
+    } catch (const std::exception& e) {
+        spdlog::error("http handler callback threw for {} {}: {}", ex.request().method,
+                      ex.request().path, e.what());
+        ok = false;
+    } catch (...) {
+        spdlog::error("http handler callback threw for {} {}", ex.request().method,
+                      ex.request().path);
+        ok = false;
+    }
+    if (!ok) {
+        // State unknown after a throw: cut this exchange rather than carry on.
+        if (!ex.finished() && !ex.closed()) ex.abort();
+        return false;
+    }
+    if (restore && !slot && !ex.finished() && !ex.closed()) slot = std::move(fn);
+    return ok;
+}
 
 }  // namespace detail
 }  // namespace drayage::http
