@@ -23,6 +23,7 @@
 #include "drayage/config/config.hpp"
 #include "drayage/http/server.hpp"
 #include "drayage/registry/auth.hpp"
+#include "drayage/registry/byte_range.hpp"
 #include "drayage/registry/fetch.hpp"
 #include "drayage/registry/origin.hpp"
 #include "drayage/registry/routes.hpp"
@@ -90,17 +91,5 @@ public:
 private:
     std::shared_ptr<Impl> impl_;
 };
-
-// The upstream registry as a BlobOrigin.
-std::shared_ptr<BlobOrigin> make_upstream_origin(UpstreamRegistry& upstream);
-
-// Parses a Range header value against a blob of `size` bytes. Returns nullopt for no usable
-// range (absent, not bytes=, several ranges: serve the whole blob); an Error with status 416 when
-// unsatisfiable; else [first, last] inclusive.
-struct ByteSpan {
-    std::uint64_t first = 0;
-    std::uint64_t last = 0;
-};
-Result<std::optional<ByteSpan>> parse_range(std::string_view header, std::uint64_t size);
 
 }  // namespace drayage::registry
