@@ -36,7 +36,9 @@ struct FrontDeps {
     const config::Config* config = nullptr;
     cache::Cache* cache = nullptr;
     UpstreamRegistry* upstream = nullptr;  // null: no upstream configured
-    // The bucket (storage.s3), for write-through of upstream blobs; null without storage.s3.
+    // The bucket (storage.s3), where admission looks for a repository's link to a digest
+    // (prove_blob); null without storage.s3. Blob bytes come through `origins` and `fetcher`
+    // (which writes through to the bucket itself).
     s3::Client* bucket = nullptr;
     // Asked in order on a blob miss (typically the S3 origin, then the upstream origin).
     OriginSet origins;
