@@ -24,6 +24,7 @@
 #include "drayage/registry/front.hpp"
 #include "drayage/registry/push.hpp"
 #include "drayage/registry/upstream.hpp"
+#include "drayage/registry/upstream_origin.hpp"
 #include "drayage/s3/client.hpp"
 #include "drayage/util/log.hpp"
 #include "workers.hpp"

@@ -8,7 +8,11 @@
 // exists; the Fetcher's flight covers the time before it, while origins are being asked). Every
 // party waiting on the flight is told its outcome once: the cache is filling the blob (read it
 // from the cache at your own offset and pace), the blob cannot be stored (stream it yourself
-// from the origin that has it), no origin has it, or the fetch failed.
+// from the origin that has it: stream_uncached, uncached_stream.hpp), no origin has it, or the
+// fetch failed.
+//
+// The layer's files are in src/registry/fetch/: this Fetcher (fetcher.cpp), the origins
+// (bucket_origin.cpp, upstream_origin.cpp) and the uncached stream (uncached_stream.cpp).
 //
 // Write-through: a source marked `write_through` has its bytes teed into the bucket as they
 // arrive (an s3::MultipartUpload of the blob's data key), completed only once the fill's own

@@ -23,6 +23,7 @@
 #include "drayage/config/config.hpp"
 #include "drayage/http/server.hpp"
 #include "drayage/registry/auth.hpp"
+#include "drayage/registry/byte_range.hpp"
 #include "drayage/registry/fetch.hpp"
 #include "drayage/registry/origin.hpp"
 #include "drayage/registry/routes.hpp"
@@ -35,7 +36,9 @@ struct FrontDeps {
     const config::Config* config = nullptr;
     cache::Cache* cache = nullptr;
     UpstreamRegistry* upstream = nullptr;  // null: no upstream configured
-    // The bucket (storage.s3), for write-through of upstream blobs; null without storage.s3.
+    // The bucket (storage.s3), where admission looks for a repository's link to a digest
+    // (prove_blob); null without storage.s3. Blob bytes come through `origins` and `fetcher`
+    // (which writes through to the bucket itself).
     s3::Client* bucket = nullptr;
     // Asked in order on a blob miss (typically the S3 origin, then the upstream origin).
     OriginSet origins;
@@ -90,17 +93,5 @@ public:
 private:
     std::shared_ptr<Impl> impl_;
 };
-
-// The upstream registry as a BlobOrigin.
-std::shared_ptr<BlobOrigin> make_upstream_origin(UpstreamRegistry& upstream);
-
-// Parses a Range header value against a blob of `size` bytes. Returns nullopt for no usable
-// range (absent, not bytes=, several ranges: serve the whole blob); an Error with status 416 when
-// unsatisfiable; else [first, last] inclusive.
-struct ByteSpan {
-    std::uint64_t first = 0;
-    std::uint64_t last = 0;
-};
-Result<std::optional<ByteSpan>> parse_range(std::string_view header, std::uint64_t size);
 
 }  // namespace drayage::registry

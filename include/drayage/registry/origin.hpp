@@ -1,5 +1,7 @@
 // Where blobs come from on a cache miss: the S3 bucket in the Distribution layout, or the upstream
-// registry. The pull path asks the origins in order and takes the first that has the blob.
+// registry (make_bucket_origin, make_upstream_origin: src/registry/fetch/). The fetch layer
+// (fetch.hpp) asks the origins in order and takes the first that has the blob; registry code
+// reads blob bytes only through this interface, whatever client lies below it.
 //
 // Every callback runs on the event loop thread. A NOT_FOUND error (Error::code "NOT_FOUND") means
 // "this origin does not have it, ask the next"; any other error is a failure of that origin.

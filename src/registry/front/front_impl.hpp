@@ -6,10 +6,12 @@
 //                      mounts, and the repository/digest proof (prove_blob) a blob needs
 //   blob_serving.cpp   blobs in the cache (hits, joins of a filling blob, Range, HEAD) and the
 //                      hit workers' handler (blob_serving.hpp)
-//   misses.cpp         a blob the cache does not have: asks the fetch layer (Fetcher, one flight
-//                      per digest, write-through) and answers from what it says
-//   uncached_stream.cpp  a blob the cache cannot store, verified on its way to one client
-//   upstream_origin.cpp  the upstream registry as a BlobOrigin
+//   misses.cpp         a blob the cache does not have (serve_miss): asks the fetch layer
+//                      (Fetcher::fetch in src/registry/fetch/fetcher.cpp: one flight per digest,
+//                      the origins, write-through) and answers from its outcome: the fill through
+//                      stream_from_cache (blob_serving.cpp), an uncached blob through
+//                      stream_uncached (src/registry/fetch/uncached_stream.cpp) with the exchange
+//                      as its BlobSink (ExchangeSink), or the error
 //   manifests.cpp      manifests by digest and by tag: the tag records, TTL, revalidation,
 //                      stale-if-error
 //   listings.cpp       /v2/_catalog and tag lists from the upstream, the catalog filtered by
@@ -84,7 +86,8 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
 
     // ----- misses (misses.cpp) ---------------------------------------------------------------
     // A GET of a blob the cache does not have (admitted and proven): fetched through
-    // deps.fetcher, then served from the fill, streamed uncached, or answered with the error.
+    // deps.fetcher, then served from the fill (stream_from_cache), streamed uncached
+    // (stream_uncached, fetch layer), or answered with the error.
     void serve_miss(const std::shared_ptr<http::Exchange>& ex, const Route& r);
 
     // ----- manifests and tags (manifests.cpp) ------------------------------------------------

@@ -7,48 +7,15 @@
 
 #include "cache_fixtures.hpp"
 #include "drayage/registry/fetch.hpp"
+#include "scripted_origin.hpp"
 
 using namespace drayage;
 using namespace drayage::registry;
 using namespace cachetest;
+using namespace fetchtest;
 using Kind = FetchOutcome::Kind;
 
 namespace {
-
-struct ScriptedTransfer : OriginTransfer {
-    bool cancelled = false;
-    int resumes = 0;
-    void resume() override { ++resumes; }
-    void cancel() override { cancelled = true; }
-};
-
-// An origin whose transfers the test plays: gets() records each request and its sink.
-class ScriptedOrigin : public BlobOrigin {
-public:
-    explicit ScriptedOrigin(std::string name) : name_(std::move(name)) {}
-    std::string_view name() const override { return name_; }
-    void head(std::string_view, std::string_view,
-              std::function<void(Result<OriginHead>)> done) override {
-        done(make_error("NOT_FOUND", "not scripted"));
-    }
-    std::shared_ptr<OriginTransfer> get(std::string_view repo, std::string_view digest,
-                                        OriginSink sink) override {
-        gets.push_back({std::string(repo), std::string(digest), std::move(sink),
-                        std::make_shared<ScriptedTransfer>()});
-        return gets.back().transfer;
-    }
-
-    struct Get {
-        std::string repo;
-        std::string digest;
-        OriginSink sink;
-        std::shared_ptr<ScriptedTransfer> transfer;
-    };
-    std::vector<Get> gets;
-
-private:
-    std::string name_;
-};
 
 // What one party was told.
 struct Told {
@@ -81,7 +48,9 @@ struct Rig {
         bucket->gets.clear();
         upstream->gets.clear();
     }
-    void pump_until(const std::function<bool()>& done) { REQUIRE(pump(b.base, done)); }
+    void pump_until(const std::function<bool()>& done, const std::function<void()>& each = {}) {
+        REQUIRE(pump(b.base, done, each));
+    }
 };
 
 std::string bytes_of(std::size_t n, unsigned seed) {
@@ -275,4 +244,153 @@ TEST_CASE("the fill's backpressure pauses the origin, which is resumed as the wr
     g.sink.on_done(Status{});
     rig.pump_until([&] { return ended.has_value(); });
     CHECK(ended->ok());
+}
+
+namespace {
+
+// A client reading the blob from the cache at `offset`, as the front does once told `filling`.
+struct Reader {
+    std::uint64_t offset;
+    std::unique_ptr<Sink> sink;
+    void open(cache::Cache& cache, const std::string& digest) {
+        auto r = cache.open_reader(digest, offset, std::nullopt);
+        REQUIRE(r.ok());
+        sink = std::make_unique<Sink>(std::move(*r));
+        sink->attach();
+    }
+};
+
+std::vector<Reader> readers_at(std::initializer_list<std::uint64_t> offsets) {
+    std::vector<Reader> readers;
+    for (auto off : offsets)
+        readers.push_back({off, {}});
+    return readers;
+}
+
+void read_until_done(Rig& rig, std::vector<Reader>& readers) {
+    rig.pump_until(
+        [&] {
+            for (auto& r : readers)
+                if (!r.sink->done()) return false;
+            return true;
+        },
+        [&] {
+            for (auto& r : readers)
+                r.sink->step();
+        });
+}
+
+}  // namespace
+
+TEST_CASE("parties joining a flight read from any offset while the blob fills", "[fetch]") {
+    Rig rig;
+    std::string data = bytes_of(700 * 1024, 6);
+    std::string digest = sha256_digest(data);
+    const std::uint64_t last = data.size() - 1;
+    // Three requests wait on the flight while the origins are asked, each with its own Range.
+    auto readers = readers_at({0, 350'000, last});
+    std::vector<Told> told(readers.size());
+    for (auto& t : told)
+        rig.fetcher->fetch("a/b", digest, rig.both, t.callback());
+    rig.bucket->gets[0].sink.on_done(make_error("NOT_FOUND", "no such key"));
+    auto& up = rig.upstream->gets[0];
+    REQUIRE(up.sink.on_head(OriginHead{data.size()}));
+    for (std::size_t i = 0; i < readers.size(); ++i) {
+        REQUIRE(told[i].outcome->kind == Kind::filling);
+        readers[i].open(*rig.cache, digest);
+    }
+    // The first part arrives and is read while the rest is still on its way.
+    up.sink.on_data(std::string_view(data).substr(0, 300'000));
+    Sink& from_start = *readers[0].sink;
+    rig.pump_until([&] { return from_start.got.size() >= 200'000; }, [&] { from_start.step(); });
+    CHECK_FALSE(readers[1].sink->done());
+    CHECK(readers[2].sink->got.empty());
+    // A request arriving now, after the head, finds the fill in the cache and joins it there.
+    CHECK_FALSE(rig.fetcher->in_flight(digest));
+    CHECK(rig.cache->lookup(digest)->presence == cache::Presence::filling);
+    readers.push_back({123'456, {}});
+    readers.back().open(*rig.cache, digest);
+
+    up.sink.on_data(std::string_view(data).substr(300'000));
+    up.sink.on_done(Status{});
+    read_until_done(rig, readers);
+    for (auto& r : readers) {
+        CAPTURE(r.offset);
+        CHECK(r.sink->ended);
+        CHECK(r.sink->got == data.substr(r.offset));
+    }
+    CHECK(rig.upstream->gets.size() == 1);
+}
+
+TEST_CASE("a push's read-back and a pull of one digest at once: one origin transfer", "[fetch]") {
+    const bool push_first = GENERATE(true, false);
+    CAPTURE(push_first);
+    Rig rig;
+    std::string data = bytes_of(400 * 1024, 8);
+    std::string digest = sha256_digest(data);
+    // The push path reads a pushed blob back from the bucket only (push.cpp fill_cache).
+    OriginSet from_bucket;
+    from_bucket.sources = {{rig.bucket, false}};
+    Told push, pull;
+    if (push_first) {
+        rig.fetcher->fetch("c/d", digest, from_bucket, push.callback());
+        rig.fetcher->fetch("a/b", digest, rig.both, pull.callback());
+    } else {
+        rig.fetcher->fetch("a/b", digest, rig.both, pull.callback());
+        rig.fetcher->fetch("c/d", digest, from_bucket, push.callback());
+    }
+    REQUIRE(rig.bucket->gets.size() == 1);
+    auto& g = rig.bucket->gets[0];
+    REQUIRE(g.sink.on_head(OriginHead{data.size()}));
+    for (Told* t : {&push, &pull}) {
+        REQUIRE(t->outcome.has_value());
+        CHECK(t->outcome->kind == Kind::filling);
+        CHECK(t->outcome->fill == push.outcome->fill);
+    }
+    auto readers = readers_at({0});
+    readers[0].open(*rig.cache, digest);
+    std::optional<Status> verified;
+    push.outcome->fill->on_end([&](const Status& st) { verified = st; });
+    g.sink.on_data(data);
+    g.sink.on_done(Status{});
+    read_until_done(rig, readers);
+    CHECK(readers[0].sink->got == data);
+    rig.pump_until([&] { return verified.has_value(); });
+    CHECK(verified->ok());
+    CHECK(rig.bucket->gets.size() == 1);
+    CHECK(rig.upstream->gets.empty());
+    CHECK(rig.cache->lookup(digest)->presence == cache::Presence::complete);
+}
+
+TEST_CASE("an origin failing mid-stream: every joined reader sees the error, nothing is cached",
+          "[fetch]") {
+    Rig rig;
+    std::string data = bytes_of(600 * 1024, 9);
+    std::string digest = sha256_digest(data);
+    Told a, b;
+    rig.fetcher->fetch("a/b", digest, rig.both, a.callback());
+    rig.fetcher->fetch("a/b", digest, rig.both, b.callback());
+    auto& g = rig.bucket->gets[0];
+    REQUIRE(g.sink.on_head(OriginHead{data.size()}));
+    // Readers at the start, inside what arrives, and past it.
+    auto readers = readers_at({0, 100'000, 500'000});
+    for (auto& r : readers)
+        r.open(*rig.cache, digest);
+    g.sink.on_data(std::string_view(data).substr(0, 250'000));
+    g.sink.on_done(make_error("UNKNOWN", "connection reset"));
+    read_until_done(rig, readers);
+    for (auto& r : readers) {
+        CAPTURE(r.offset);
+        CHECK(r.sink->failed);
+        CHECK(r.sink->error.code == "UNKNOWN");  // the origin's error, as it reported it
+        CHECK_FALSE(r.sink->ended);
+        // What a reader got before the error is the blob's bytes, short of the whole.
+        CHECK(r.sink->got == data.substr(r.offset, r.sink->got.size()));
+        CHECK(r.offset + r.sink->got.size() < data.size());
+    }
+    CHECK(rig.cache->lookup(digest)->presence == cache::Presence::absent);
+    // The next request starts a new flight.
+    Told again;
+    rig.fetcher->fetch("a/b", digest, rig.both, again.callback());
+    CHECK(rig.bucket->gets.size() == 2);
 }

@@ -1,10 +1,11 @@
-// The upstream registry as a BlobOrigin (FrontDeps::origins), behind the bucket.
+// The upstream registry as a BlobOrigin (include/drayage/registry/upstream_origin.hpp): an
+// adapter of UpstreamRegistry::get_blob (BlobHandlers/BlobFetch) to OriginSink/OriginTransfer.
+#include "drayage/registry/upstream_origin.hpp"
+
 #include <functional>
 #include <memory>
 #include <string_view>
 #include <utility>
-
-#include "drayage/registry/front.hpp"
 
 namespace drayage::registry {
 namespace {

@@ -1,3 +1,5 @@
+// The bucket as a BlobOrigin (include/drayage/registry/bucket_origin.hpp): an adapter of
+// s3::Client::get (s3::ReadHandlers/ObjectRead) to OriginSink/OriginTransfer.
 #include "drayage/registry/bucket_origin.hpp"
 
 #include <utility>
