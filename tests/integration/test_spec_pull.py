@@ -1,0 +1,195 @@
+"""The distribution spec's pull and content-discovery requests, sent to docker-registry 2.8 (on
+Swift) and to drayage in front of it, compared answer for answer.
+
+Where drayage answers on purpose differently from the registry (the registry strays from the OCI
+distribution spec), the test sends the same request to the registry, shows the difference, and
+asserts drayage's answer; docs/compatibility.md lists each such difference and why.
+"""
+import json
+import uuid
+
+import pytest
+import requests
+
+from harness.registry import (DOCKER_LIST, DOCKER_MANIFEST, KiB, OCI_INDEX, OCI_MANIFEST,
+                              Registry, s3_storage)
+from harness.swift import swift  # noqa: F401 (session fixture)
+
+REPO = "spec/app"
+# Tags in an order that is neither lexical nor the registry's listing order.
+TAGS = ["v2", "b", "B", "Z", "_x", "v10", "a", "v1"]
+
+
+@pytest.fixture(scope="module")
+def upstream(swift, tmp_path_factory):  # noqa: F811
+    root = f"/spec-{uuid.uuid4().hex[:8]}"
+    reg = Registry(tmp_path_factory.mktemp("spec-reg"), s3=s3_storage(swift, root)).start()
+    image = reg.push_image(REPO, "v1", [KiB], seed=51)
+    for tag in TAGS:
+        put_manifest(reg.url, REPO, tag, image.manifest, OCI_MANIFEST)
+    # An OCI index naming the image, under its own tag: Accept negotiation of indexes.
+    index = json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": image.manifest_digest,
+                       "size": len(image.manifest),
+                       "platform": {"architecture": "amd64", "os": "linux"}}],
+    }).encode()
+    put_manifest(reg.url, REPO, "multi", index, OCI_INDEX)
+    for n in range(5):
+        put_manifest(reg.url, f"spec/other{n}", "v1", image.manifest, OCI_MANIFEST,
+                     blobs_from=(REPO, image))
+    reg.image = image
+    reg.index = index
+    yield reg
+    reg.stop()
+
+
+def put_manifest(base: str, repo: str, ref: str, body: bytes, media_type: str,
+                 blobs_from: tuple | None = None) -> None:
+    if blobs_from is not None:
+        src, image = blobs_from
+        for blob in [image.config] + image.layers:
+            r = requests.post(f"{base}/v2/{repo}/blobs/uploads/",
+                              params={"mount": blob.digest, "from": src}, timeout=30)
+            assert r.status_code == 201, r.text
+    r = requests.put(f"{base}/v2/{repo}/manifests/{ref}", data=body,
+                     headers={"Content-Type": media_type}, timeout=30)
+    assert r.status_code == 201, r.text
+
+
+@pytest.fixture(scope="module")
+def mirror(upstream, build_dir, tmp_path_factory):
+    from harness.drayage import Drayage
+    d = Drayage(build_dir / "src" / "drayage", tmp_path_factory.mktemp("spec-mirror"), {
+        "upstream": {"url": upstream.url, "connect_timeout": "2s", "response_timeout": "10s"},
+        "cache": {"max_size": "256MiB"},
+    }).start()
+    yield d
+    d.stop()
+
+
+def both(method: str, upstream, mirror, path: str, **kw):
+    """The same request to the registry and to drayage: (registry's answer, drayage's)."""
+    reg = requests.request(method, upstream.url + path, timeout=30, **kw)
+    mir = requests.request(method, mirror.url + path, timeout=30, **kw)
+    return reg, mir
+
+
+def code(r) -> str | None:
+    try:
+        return r.json()["errors"][0]["code"]
+    except ValueError:
+        return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Manifest references (issue 15, item 1).
+
+@pytest.mark.parametrize("ref", [".bad", "-bad", "t" * 129, "bad!"])
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_a_reference_that_is_no_tag_is_an_unknown_manifest(upstream, mirror, method, ref):
+    """The registry's router answers 404 for a reference that is neither a tag nor a digest;
+    drayage answers 404 as well, with the spec's MANIFEST_UNKNOWN body (the registry's is a
+    plain-text "404 page not found"), and without asking the upstream."""
+    before = len(upstream.requests())
+    reg, mir = both(method, upstream, mirror, f"/v2/{REPO}/manifests/{ref}")
+    assert reg.status_code == 404
+    assert mir.status_code == 404, mir.text
+    if method == "GET":
+        assert code(mir) == "MANIFEST_UNKNOWN"
+    upstream.sync()
+    assert len([r for r in upstream.requests()[before:] if ref in r["path"]]) == 1  # ours only
+
+
+def test_a_blob_reference_that_is_no_digest_is_an_unknown_blob(upstream, mirror):
+    reg, mir = both("GET", upstream, mirror, f"/v2/{REPO}/blobs/v1")
+    assert reg.status_code == 404 and mir.status_code == 404
+    assert code(mir) == "BLOB_UNKNOWN"
+
+
+@pytest.mark.parametrize("ref", ["md5:" + "a" * 32, "sha256:xyz", "sha256:" + "A" * 64,
+                                 "foo:bar"])
+def test_a_malformed_or_unsupported_manifest_digest_is_a_client_error(upstream, mirror, ref):
+    """docker-registry 2.8 takes these for tags and fails on the storage path (500 UNKNOWN);
+    the reference is the client's mistake: drayage answers 400 DIGEST_INVALID, as the registry
+    itself does for the same reference on the blob endpoint."""
+    reg, mir = both("GET", upstream, mirror, f"/v2/{REPO}/manifests/{ref}")
+    assert reg.status_code != mir.status_code
+    assert mir.status_code == 400 and code(mir) == "DIGEST_INVALID"
+    reg, mir = both("GET", upstream, mirror, f"/v2/{REPO}/blobs/{ref}")
+    assert reg.status_code == mir.status_code == 400
+    assert code(reg) == code(mir) == "DIGEST_INVALID"
+
+
+@pytest.mark.parametrize("alg,length", [("sha384", 96), ("sha512", 128)])
+def test_a_digest_of_another_supported_algorithm_is_unknown_not_invalid(upstream, mirror, alg,
+                                                                        length):
+    ref = f"{alg}:" + "a" * length
+    for method in ("GET", "HEAD"):
+        reg, mir = both(method, upstream, mirror, f"/v2/{REPO}/manifests/{ref}")
+        assert reg.status_code == mir.status_code == 404
+    assert code(mir_get(mirror, f"/v2/{REPO}/manifests/{ref}")) == "MANIFEST_UNKNOWN"
+
+
+def mir_get(mirror, path: str, **kw):
+    return requests.get(mirror.url + path, timeout=30, **kw)
+
+
+# ------------------------------------------------------------------------------------------------
+# Error codes for what does not exist.
+
+def test_unknown_repository_manifest_and_blob_have_the_registry_error_codes(upstream, mirror):
+    zero = "sha256:" + "0" * 64
+    cases = [
+        "/v2/spec/nosuch/manifests/v1",                       # unknown repository, by tag
+        f"/v2/spec/nosuch/manifests/{upstream.image.manifest_digest}",
+        f"/v2/{REPO}/manifests/nosuchtag",                    # known repository
+        f"/v2/{REPO}/manifests/{zero}",
+        f"/v2/spec/nosuch/blobs/{upstream.image.layers[0].digest}",
+        f"/v2/{REPO}/blobs/{zero}",
+        "/v2/spec/nosuch/tags/list",
+    ]
+    for path in cases:
+        reg, mir = both("GET", upstream, mirror, path)
+        assert (mir.status_code, code(mir)) == (reg.status_code, code(reg)), path
+        assert mir.status_code == 404, path
+    assert [code(mir_get(mirror, p)) for p in cases] == [
+        "MANIFEST_UNKNOWN", "MANIFEST_UNKNOWN", "MANIFEST_UNKNOWN", "MANIFEST_UNKNOWN",
+        "BLOB_UNKNOWN", "BLOB_UNKNOWN", "NAME_UNKNOWN"]
+
+
+# ------------------------------------------------------------------------------------------------
+# HEAD headers and Accept negotiation.
+
+SAME_HEADERS = ("Docker-Content-Digest", "Content-Length", "Content-Type")
+
+
+@pytest.mark.parametrize("accept", [
+    None,
+    ",".join([OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST]),
+    OCI_INDEX,
+    DOCKER_LIST,
+    ",".join([DOCKER_MANIFEST, DOCKER_LIST]),
+    OCI_MANIFEST,
+])
+@pytest.mark.parametrize("ref", ["v1", "multi"])
+def test_manifest_answers_match_the_registry_for_each_accept(upstream, mirror, accept, ref):
+    """GET and HEAD, cold and then from drayage's cache, answer with the registry's status and
+    its Docker-Content-Digest, Content-Length and Content-Type, whatever the client accepts:
+    an OCI index asked for with only the Docker manifest list type is not served from cache."""
+    headers = {"Accept": accept} if accept else {}
+    digest = upstream.image.manifest_digest if ref == "v1" else None
+    refs = [ref] + ([digest] if digest else [])
+    for r in refs:
+        for _ in range(2):  # the second time from the cache
+            for method in ("HEAD", "GET"):
+                reg, mir = both(method, upstream, mirror, f"/v2/{REPO}/manifests/{r}",
+                                headers=headers)
+                assert mir.status_code == reg.status_code, (method, r, accept, mir.text)
+                if reg.status_code != 200:
+                    assert code(mir) == code(reg) or method == "HEAD"
+                    continue
+                for h in SAME_HEADERS:
+                    assert mir.headers.get(h) == reg.headers.get(h), (method, r, accept, h)
+                if method == "GET":
+                    assert mir.content == reg.content
