@@ -13,6 +13,7 @@ import requests
 
 from harness.registry import (DOCKER_LIST, DOCKER_MANIFEST, KiB, OCI_INDEX, OCI_MANIFEST,
                               Registry, s3_storage)
+from harness.net import wait_until
 from harness.swift import swift  # noqa: F401 (session fixture)
 
 REPO = "spec/app"
@@ -23,7 +24,9 @@ TAGS = ["v2", "b", "B", "Z", "_x", "v10", "a", "v1"]
 @pytest.fixture(scope="module")
 def upstream(swift, tmp_path_factory):  # noqa: F811
     root = f"/spec-{uuid.uuid4().hex[:8]}"
-    reg = Registry(tmp_path_factory.mktemp("spec-reg"), s3=s3_storage(swift, root)).start()
+    # A catalog page of 2: drayage has to follow the registry's Link pages to list it whole.
+    reg = Registry(tmp_path_factory.mktemp("spec-reg"), s3=s3_storage(swift, root),
+                   extra={"catalog": {"maxentries": 2}}).start()
     image = reg.push_image(REPO, "v1", [KiB], seed=51)
     for tag in TAGS:
         put_manifest(reg.url, REPO, tag, image.manifest, OCI_MANIFEST)
@@ -193,3 +196,126 @@ def test_manifest_answers_match_the_registry_for_each_accept(upstream, mirror, a
                     assert mir.headers.get(h) == reg.headers.get(h), (method, r, accept, h)
                 if method == "GET":
                     assert mir.content == reg.content
+
+
+# ------------------------------------------------------------------------------------------------
+# Tag list and catalog pagination (issue 15, item 4).
+
+ALL_TAGS = sorted(TAGS + ["multi"])  # byte order: what the spec calls lexical
+ALL_REPOS = sorted([REPO] + [f"spec/other{n}" for n in range(5)])
+
+
+def follow(mirror, path: str, key: str, n: int) -> list:
+    """Every page from `path?n=<n>`, following drayage's Link headers; checks each page."""
+    names, url, pages = [], f"{mirror.url}{path}?n={n}", 0
+    while url:
+        r = requests.get(url, timeout=30)
+        assert r.status_code == 200, r.text
+        page = r.json()[key]
+        assert len(page) <= n and page == sorted(page)
+        names += page
+        link = r.headers.get("Link")
+        url = None
+        if link:
+            assert len(page) == n
+            assert link == f'<{path}?last={requests.utils.quote(page[-1], safe="")}&n={n}>; ' \
+                           'rel="next"'
+            url = mirror.url + link[1:link.index(">")]
+        pages += 1
+        assert pages <= 20
+    return names
+
+
+def test_tags_are_listed_whole_in_lexical_order(upstream, mirror):
+    reg, mir = both("GET", upstream, mirror, f"/v2/{REPO}/tags/list")
+    # docker-registry 2.8 lists tags in its storage driver's order: the bucket's (lexical) on
+    # S3, directory order on a filesystem. drayage sorts them whatever the upstream does.
+    assert sorted(reg.json()["tags"]) == ALL_TAGS
+    assert mir.json() == {"name": REPO, "tags": ALL_TAGS}
+    assert "Link" not in mir.headers
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 9, 10])
+def test_tags_page_by_n_and_last_with_a_link_while_more_remain(upstream, mirror, n):
+    reg, mir = both("GET", upstream, mirror, f"/v2/{REPO}/tags/list?n={n}")
+    if n < len(ALL_TAGS):
+        assert len(reg.json()["tags"]) == len(ALL_TAGS)  # docker-registry 2.8 ignores n
+        assert "Link" not in reg.headers
+    assert follow(mirror, f"/v2/{REPO}/tags/list", "tags", n) == ALL_TAGS
+
+
+@pytest.mark.parametrize("query,want", [
+    ("n=0", []),                                   # the spec: an empty list, no Link
+    ("last=v10", ["v2"]),                          # after last, every one (no n)
+    ("n=2&last=_x", ["a", "b"]),
+    ("last=c", ["multi", "v1", "v10", "v2"]),      # last need not be a tag
+    ("last=zzz", []),                              # past the end
+    ("n=2&last=zzz", []),
+    ("n=99999999999999999999999", ALL_TAGS),       # more than there are: all of them
+])
+def test_tags_pagination_corners(upstream, mirror, query, want):
+    reg, mir = both("GET", upstream, mirror, f"/v2/{REPO}/tags/list?{query}")
+    assert reg.status_code == 200 and sorted(reg.json()["tags"]) == ALL_TAGS  # 2.8: all, always
+    assert mir.status_code == 200 and mir.json()["tags"] == want, query
+    assert "Link" not in mir.headers or query == "n=2&last=_x"
+
+
+@pytest.mark.parametrize("n", ["-1", "abc", "1.5"])
+@pytest.mark.parametrize("path", [f"/v2/{REPO}/tags/list", "/v2/_catalog"])
+def test_an_n_that_is_no_count_is_a_pagination_error(upstream, mirror, path, n):
+    """docker-registry 2.8 ignores such an n (the whole list, or its default page);
+    Distribution 3 answers 400 PAGINATION_NUMBER_INVALID, and so does drayage."""
+    reg, mir = both("GET", upstream, mirror, f"{path}?n={n}")
+    assert reg.status_code == 200
+    assert mir.status_code == 400 and code(mir) == "PAGINATION_NUMBER_INVALID"
+
+
+def test_the_catalog_is_read_whole_across_the_upstream_pages_and_paged_by_drayage(upstream,
+                                                                                  mirror):
+    reg, mir = both("GET", upstream, mirror, "/v2/_catalog")
+    assert len(reg.json()["repositories"]) == 2 and "Link" in reg.headers  # maxentries 2
+    assert mir.json() == {"repositories": ALL_REPOS}
+    assert "Link" not in mir.headers
+    for n in (1, 2, 4):
+        assert follow(mirror, "/v2/_catalog", "repositories", n) == ALL_REPOS
+    # Where the registry can answer the same page, its Link is drayage's, byte for byte.
+    for query in ("n=1", "n=2", f"n=2&last={REPO}"):
+        reg, mir = both("GET", upstream, mirror, f"/v2/_catalog?{query}")
+        assert reg.status_code == 200
+        assert mir.json() == reg.json() and mir.headers.get("Link") == reg.headers.get("Link")
+    # Over the registry's page size, within drayage's (1000): drayage pages its whole list.
+    reg, mir = both("GET", upstream, mirror, "/v2/_catalog?n=3")
+    assert reg.status_code == 400 and code(reg) == "PAGINATION_NUMBER_INVALID"
+    assert mir.status_code == 200 and mir.json()["repositories"] == ALL_REPOS[:3]
+    reg, mir = both("GET", upstream, mirror, "/v2/_catalog?n=0")
+    assert reg.json() == mir.json() == {"repositories": []}
+    assert "Link" not in mir.headers
+
+
+def test_a_listing_is_kept_for_the_manifest_ttl_and_served_stale_while_the_upstream_is_down(
+        swift, tmp_path, drayage_factory):  # noqa: F811
+    reg = Registry(tmp_path / "reg", s3=s3_storage(swift, f"/spec-ttl-{uuid.uuid4().hex[:8]}"))
+    reg.start()
+    try:
+        image = reg.push_image("ttl/app", "v1", [KiB], seed=52)
+        d = drayage_factory({"upstream": {"url": reg.url, "manifest_ttl": "1s",
+                                          "max_stale": "1h", "connect_timeout": "1s",
+                                          "response_timeout": "5s"}})
+        tags = f"{d.url}/v2/ttl/app/tags/list"
+        assert requests.get(tags, timeout=30).json()["tags"] == ["v1"]
+        lists = len([r for r in reg.requests() if r["path"].startswith("/v2/ttl/app/tags")])
+        put_manifest(reg.url, "ttl/app", "v2", image.manifest, OCI_MANIFEST)
+        wait_until(lambda: requests.get(tags, timeout=30).json()["tags"] == ["v1", "v2"],
+                   "drayage to list the new tag once its list is older than manifest_ttl")
+        reg.sync()
+        assert len([r for r in reg.requests()
+                    if r["path"].startswith("/v2/ttl/app/tags")]) > lists
+        reg.stop()
+        wait_until(lambda: "Warning" in requests.get(tags, timeout=30).headers,
+                   "the list to be served stale once manifest_ttl is over")
+        r = requests.get(tags, params={"n": 1}, timeout=30)
+        assert r.status_code == 200 and r.json()["tags"] == ["v1"]
+        assert r.headers["Warning"].startswith("110 ")
+        assert r.headers["Link"] == '</v2/ttl/app/tags/list?last=v1&n=1>; rel="next"'
+    finally:
+        reg.stop()
