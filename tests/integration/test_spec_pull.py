@@ -25,8 +25,10 @@ TAGS = ["v2", "b", "B", "Z", "_x", "v10", "a", "v1"]
 def upstream(swift, tmp_path_factory):  # noqa: F811
     root = f"/spec-{uuid.uuid4().hex[:8]}"
     # A catalog page of 2: drayage has to follow the registry's Link pages to list it whole.
+    # Blobs served by the registry itself (no 307 to Swift), so their headers can be compared.
     reg = Registry(tmp_path_factory.mktemp("spec-reg"), s3=s3_storage(swift, root),
-                   extra={"catalog": {"maxentries": 2}}).start()
+                   extra={"catalog": {"maxentries": 2},
+                          "storage": {"redirect": {"disable": True}}}).start()
     image = reg.push_image(REPO, "v1", [KiB], seed=51)
     for tag in TAGS:
         put_manifest(reg.url, REPO, tag, image.manifest, OCI_MANIFEST)
@@ -319,3 +321,17 @@ def test_a_listing_is_kept_for_the_manifest_ttl_and_served_stale_while_the_upstr
         assert r.headers["Link"] == '</v2/ttl/app/tags/list?last=v1&n=1>; rel="next"'
     finally:
         reg.stop()
+
+
+def test_blob_head_answers_match_the_registry(upstream, mirror):
+    """HEAD of a blob, cold and then from the cache: the registry's status, Content-Length,
+    Docker-Content-Digest and Content-Type."""
+    for blob in [upstream.image.config] + upstream.image.layers:
+        for _ in range(2):
+            reg, mir = both("HEAD", upstream, mirror, f"/v2/{REPO}/blobs/{blob.digest}")
+            assert reg.status_code == mir.status_code == 200
+            for h in SAME_HEADERS:
+                assert mir.headers.get(h) == reg.headers.get(h), (blob.digest, h)
+            assert mir.headers["Content-Length"] == str(blob.size)
+        r = requests.get(f"{mirror.url}/v2/{REPO}/blobs/{blob.digest}", timeout=30)
+        assert r.status_code == 200 and len(r.content) == blob.size
