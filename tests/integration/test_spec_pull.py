@@ -5,6 +5,7 @@ Where drayage answers on purpose differently from the registry (the registry str
 distribution spec), the test sends the same request to the registry, shows the difference, and
 asserts drayage's answer; docs/compatibility.md lists each such difference and why.
 """
+import concurrent.futures
 import json
 import uuid
 
@@ -13,6 +14,7 @@ import requests
 
 from harness.registry import (DOCKER_LIST, DOCKER_MANIFEST, KiB, OCI_INDEX, OCI_MANIFEST,
                               Registry, s3_storage)
+from harness.faultproxy import FaultProxy, Rule
 from harness.net import wait_until
 from harness.swift import swift  # noqa: F401 (session fixture)
 
@@ -335,3 +337,33 @@ def test_blob_head_answers_match_the_registry(upstream, mirror):
             assert mir.headers["Content-Length"] == str(blob.size)
         r = requests.get(f"{mirror.url}/v2/{REPO}/blobs/{blob.digest}", timeout=30)
         assert r.status_code == 200 and len(r.content) == blob.size
+
+
+def test_clients_waiting_for_one_listing_share_one_upstream_read(upstream, drayage_factory):
+    """The first request's read of the tag list stalls upstream; seven more requests for the
+    same list join it (counted as joined) instead of reading it again: the upstream sees one
+    request, and all eight get the same answer when it fails."""
+    proxy = FaultProxy("127.0.0.1", upstream.port).start()
+    try:
+        proxy.set_rules([Rule("stall_response", match="/tags/list", times=1)])
+        d = drayage_factory({"upstream": {"url": proxy.endpoint, "timeout": "20s"}})
+        url = f"{d.url}/v2/{REPO}/tags/list"
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            first = pool.submit(requests.get, url, timeout=120)
+            wait_until(lambda: any("/tags/list" in line for line in proxy.request_lines),
+                       "the first listing read to reach the upstream")
+            rest = [pool.submit(requests.get, url, params={"n": 2}, timeout=120)
+                    for _ in range(7)]
+            joined = lambda: d.metric("drayage_registry_responses_total",  # noqa: E731
+                                      'kind="listing",outcome="joined"')
+            reads = lambda: len([line for line in proxy.request_lines  # noqa: E731
+                                 if "/tags/list" in line])
+            wait_until(lambda: joined() == 7 or reads() > 1,
+                       "seven requests to join the read in flight, or to read again")
+            answers = [first.result()] + [f.result() for f in rest]
+        assert reads() == 1
+        assert {a.status_code for a in answers} == {503}
+        r = requests.get(url, params={"n": 2}, timeout=30)
+        assert r.status_code == 200 and r.json()["tags"] == ALL_TAGS[:2]
+    finally:
+        proxy.stop()

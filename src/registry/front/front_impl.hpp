@@ -62,6 +62,9 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
     std::map<std::string, Listing> listings;
     std::size_t listings_cost = 0;
     struct ListingFetch;
+    // The clients waiting for a listing being read from the upstream, by the key above.
+    using ListingWaiter = std::function<void(const Result<std::vector<std::string>>&)>;
+    std::map<std::string, std::vector<ListingWaiter>> listing_flights;
 
     explicit Impl(FrontDeps d);
 

@@ -148,14 +148,15 @@ void RegistryFront::Impl::pass_listing(const std::shared_ptr<Exchange>& ex, cons
         outcome_counter("listing", "hit").inc();
         return send_listing(ex, r, who, *q, cached->second.names, false);
     }
-    fetch_listing(catalog ? "" : r.name, [self = shared_from_this(), ex, r, who, q = *q,
-                                          key](Result<std::vector<std::string>> names) {
+    // One upstream read per listing however many clients wait for it.
+    auto [flight, first] = listing_flights.try_emplace(key);
+    flight->second.push_back([self = shared_from_this(), ex, r, who, q = *q,
+                              key](const Result<std::vector<std::string>>& names) {
         if (ex->closed()) return;
         if (names) {
             ex->set_outcome("miss:upstream");
             outcome_counter("listing", "miss:upstream").inc();
-            self->send_listing(ex, r, who, q, *names, false);
-            return self->keep_listing(key, std::move(*names));
+            return self->send_listing(ex, r, who, q, *names, false);
         }
         auto stale = self->listings.find(key);
         if (is_upstream_outage(names.error()) && stale != self->listings.end() &&
@@ -166,12 +167,26 @@ void RegistryFront::Impl::pass_listing(const std::shared_ptr<Exchange>& ex, cons
         }
         ex->set_outcome("miss:error");
         if (names.error().code == "LISTING_TOO_LONG" || names.error().code == "LISTING_INVALID") {
-            spdlog::warn("{} from the upstream not served: {}", key, names.error().to_string());
             return send_error(
                 *ex, 502, "UNKNOWN",
                 "the upstream sent a listing drayage cannot serve: " + names.error().message);
         }
         send_origin_error(*ex, names.error(), "NAME_UNKNOWN");
+    });
+    if (!first) {
+        outcome_counter("listing", "joined").inc();
+        return;
+    }
+    fetch_listing(catalog ? "" : r.name, [self = shared_from_this(),
+                                          key](Result<std::vector<std::string>> names) {
+        auto waiters = self->listing_flights.extract(key);
+        if (!names &&
+            (names.error().code == "LISTING_TOO_LONG" || names.error().code == "LISTING_INVALID")) {
+            spdlog::warn("{} from the upstream not served: {}", key, names.error().to_string());
+        }
+        for (auto& answer : waiters.mapped())
+            answer(names);
+        if (names) self->keep_listing(key, std::move(*names));
     });
 }
 
