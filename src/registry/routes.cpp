@@ -92,12 +92,18 @@ Result<Route> parse_route(std::string_view path) {
             if (!d) return make_error("DIGEST_INVALID", d.error().message, 400);
             return Route{Endpoint::manifest, std::string(name), d->str(), true};
         }
+        // No tag outside the grammar can exist: a manifest that does not exist (the registry's
+        // router answers 404 for it too).
         if (auto st = validate_tag(rest); !st)
-            return make_error("TAG_INVALID", st.error().message, 400);
+            return make_error("MANIFEST_UNKNOWN", st.error().message, 404);
         return Route{Endpoint::manifest, std::string(name), std::string(rest), false};
     }
     if (split_last(s, "blobs", name, rest)) {
         if (auto st = check_name(name); !st) return st.error();
+        // Not even digest-shaped: no such blob, as the registry answers (404); a digest that is
+        // malformed or of an unsupported algorithm is the client's error (400), as there.
+        if (rest.find(':') == std::string_view::npos)
+            return make_error("BLOB_UNKNOWN", "blob unknown: not a digest", 404);
         auto d = BlobDigest::parse(rest);
         if (!d) return make_error("DIGEST_INVALID", d.error().message, 400);
         return Route{Endpoint::blob, std::string(name), d->str(), true};

@@ -35,8 +35,11 @@ struct Route {
 // Errors carry the Registry API code and status to answer with:
 //   404 NOT_FOUND      (code "NOT_FOUND", plain 404: no such endpoint)
 //   400 NAME_INVALID   (a repository name outside the grammar, or over 255 bytes)
-//   400 DIGEST_INVALID (a blob digest outside the grammar or with an unsupported algorithm)
-//   400 TAG_INVALID    (a manifest reference that is neither a tag nor a digest)
+//   400 DIGEST_INVALID (a reference with a ':' that is not a digest drayage supports: outside
+//                       the grammar, or of an algorithm other than sha256/sha384/sha512)
+//   404 MANIFEST_UNKNOWN (a manifest reference without ':' outside the tag grammar: no such
+//                       tag can exist; docker-registry answers 404 for it as well)
+//   404 BLOB_UNKNOWN   (a blob reference without ':': not a digest, so no such blob)
 //   400 BLOB_UPLOAD_INVALID (an upload id outside [A-Za-z0-9_-]{1,128})
 Result<Route> parse_route(std::string_view path);
 

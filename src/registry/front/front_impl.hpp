@@ -14,7 +14,8 @@
 //                      as its BlobSink (ExchangeSink), or the error
 //   manifests.cpp      manifests by digest and by tag: the tag records, TTL, revalidation,
 //                      stale-if-error
-//   listings.cpp       /v2/_catalog and tag lists from the upstream, the catalog filtered by
+//   listings.cpp       /v2/_catalog and tag lists: whole lists from the upstream, kept for
+//                      manifest_ttl, paged by drayage (n, last, Link), the catalog filtered by
 //                      the rules
 //   responses.cpp      Registry API answers and errors (responses.hpp)
 //
@@ -30,6 +31,7 @@
 #include <string_view>
 #include <vector>
 
+#include "drayage/registry/catalog.hpp"
 #include "drayage/registry/front.hpp"
 
 namespace drayage::registry {
@@ -48,6 +50,23 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
         Clock::time_point checked;  // last time upstream confirmed it
     };
     std::map<std::string, TagEntry> tags;
+
+    // Whole listings from the upstream, sorted: tag lists by repository name, the catalog as
+    // "_catalog" (no repository name starts with '_'). Served within manifest_ttl, stale while
+    // the upstream is down up to max_stale; all of them together cost at most kMaxListingsCost
+    // bytes (names and their std::string headers), the ones fetched longest ago dropped first.
+    struct Listing {
+        std::vector<std::string> names;
+        Clock::time_point fetched;
+        std::size_t cost = 0;
+    };
+    static constexpr std::size_t kMaxListingsCost = 64 * 1024 * 1024;
+    std::map<std::string, Listing> listings;
+    std::size_t listings_cost = 0;
+    struct ListingFetch;
+    // The clients waiting for a listing being read from the upstream, by the key above.
+    using ListingWaiter = std::function<void(const Result<std::vector<std::string>>&)>;
+    std::map<std::string, std::vector<ListingWaiter>> listing_flights;
 
     explicit Impl(FrontDeps d);
 
@@ -103,9 +122,20 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
     void fetch_manifest(const std::shared_ptr<http::Exchange>& ex, const Route& r);
 
     // ----- listings (listings.cpp) -----------------------------------------------------------
-    Result<std::string> filter_catalog(const Identity& who, const std::string& body) const;
+    // GET of a listing: the page the query asks for, from the kept list or a fresh one.
     void pass_listing(const std::shared_ptr<http::Exchange>& ex, const Route& r,
                       const Identity& who);
+    // The whole list of `repo`'s tags ("": the catalog), every upstream page read, sorted and
+    // without duplicates. Errors: the upstream's, LISTING_INVALID, LISTING_TOO_LONG (more than
+    // kMaxListingNames names, kMaxListingPages pages or kMaxListingBytes of pages).
+    void fetch_listing(std::string repo,
+                       std::function<void(Result<std::vector<std::string>>)> done);
+    void fetch_listing_page(const std::shared_ptr<ListingFetch>& fetch, const std::string& query);
+    void keep_listing(const std::string& key, std::vector<std::string> names);
+    // One page of `names` (the catalog first filtered for `who`), with its Link.
+    void send_listing(const std::shared_ptr<http::Exchange>& ex, const Route& r,
+                      const Identity& who, const ListingQuery& q,
+                      const std::vector<std::string>& names, bool stale);
 };
 
 }  // namespace drayage::registry

@@ -114,8 +114,11 @@ void RegistryFront::Impl::serve_manifest(const std::shared_ptr<Exchange>& ex, co
             auto linked = deps.cache->is_linked(r.name, r.reference);
             if (!linked || !*linked) return fetch_manifest(ex, r);
         }
+        // A client that does not accept the cached manifest's type gets what the upstream
+        // answers it (docker-registry: 404 MANIFEST_UNKNOWN, by digest as by tag), never a
+        // type it did not ask for.
         auto doc = deps.cache->get_document(r.reference);
-        if (doc && *doc) {
+        if (doc && *doc && accepts(*ex, (*doc)->media_type)) {
             ex->set_outcome("hit");
             outcome_counter("manifest", "hit").inc();
             return send_manifest(*ex, **doc, r.reference, false);

@@ -1,20 +1,28 @@
-// The catalog page filter and page size: pure functions.
+// Listings: reading upstream pages, the query, and the pages drayage serves. Pure functions.
 #include "drayage/registry/catalog.hpp"
 
 #include <sys/resource.h>
 
 #include <catch2/catch.hpp>
-#include <nlohmann/json.hpp>
+#include <vector>
 
 using namespace drayage::registry;
 
 namespace {
 
-auto keep_all = [](const std::string&) { return true; };
+std::vector<std::string> names_of(std::string_view body, std::string_view member = "repositories") {
+    std::vector<std::string> names;
+    auto st = read_listing_page(body, member, names);
+    REQUIRE(st.ok());
+    return names;
+}
 
-std::string filtered(std::string_view body,
-                     const std::function<bool(const std::string&)>& keep = keep_all) {
-    auto r = filter_catalog_page(body, keep);
+std::vector<std::string> page_names(const ListingPage& p) {
+    return {p.names.begin(), p.names.end()};
+}
+
+ListingQuery query(std::string_view q) {
+    auto r = parse_listing_query(q);
     REQUIRE(r.ok());
     return *r;
 }
@@ -42,41 +50,44 @@ long peak_rss_kib() {
 
 }  // namespace
 
-TEST_CASE("a catalog page keeps the names the caller may see, in order", "[catalog]") {
-    auto keep = [](const std::string& n) { return n.rfind("public/", 0) == 0; };
-    CHECK(filtered(R"({"repositories":["public/a","team/x","public/b"]})", keep) ==
-          R"({"repositories":["public/a","public/b"]})");
-    CHECK(filtered(R"({"repositories":[]})") == R"({"repositories":[]})");
-    CHECK(filtered(R"({})") == R"({"repositories":[]})");
+TEST_CASE("a listing page gives the names of its member, in order", "[catalog]") {
+    using V = std::vector<std::string>;
+    CHECK(names_of(R"({"repositories":["public/a","team/x","public/b"]})") ==
+          V{"public/a", "team/x", "public/b"});
+    CHECK(names_of(R"({"repositories":[]})").empty());
+    CHECK(names_of(R"({})").empty());
+    CHECK(names_of(R"({"name":"a/b","tags":["v1","latest"]})", "tags") == V{"v1", "latest"});
+    CHECK(names_of(R"({"name":"a/b","tags":["v1"]})").empty());
     // Other members, before or after, and values that are not names are skipped; names after
     // them still count. Escapes survive.
-    CHECK(filtered(R"({"x":{"repositories":["no"]},"repositories":["a",1,null,["no"],)"
-                   R"({"b":"no"},"c\"d"],"y":[["no"]]})") == R"({"repositories":["a","c\"d"]})");
-    auto page = nlohmann::json::parse(filtered(R"({"repositories":["a\u00e9","b"]})"));
-    CHECK(page["repositories"][0] == "a\u00e9");
+    CHECK(names_of(R"({"x":{"repositories":["no"]},"repositories":["a",1,null,["no"],)"
+                   R"({"b":"no"},"c\"d"],"y":[["no"]]})") == V{"a", "c\"d"});
+    CHECK(names_of(R"({"repositories":["a\u00e9","b"]})")[0] == "a\u00e9");
 }
 
-TEST_CASE("a catalog page that is not an object of names is refused", "[catalog]") {
+TEST_CASE("a listing page that is not an object of names is refused", "[catalog]") {
     for (std::string_view body :
          {"", "[]", R"(["a"])", "42", R"("s")", "null", R"({"repositories":["a")",
           R"({"repositories":["a"]} x)", "{\"repositories\":[\"\xff\"]}"}) {
-        auto r = filter_catalog_page(body, keep_all);
+        std::vector<std::string> names;
+        auto r = read_listing_page(body, "repositories", names);
         CAPTURE(body);
         REQUIRE_FALSE(r.ok());
-        CHECK(r.error().code == "CATALOG_INVALID");
+        CHECK(r.error().code == "LISTING_INVALID");
     }
     std::string nested = R"({"repositories":)";
     nested += std::string(kMaxCatalogDepth, '[');
     nested += std::string(kMaxCatalogDepth, ']');
     nested += "}";
-    auto r = filter_catalog_page(nested, keep_all);
+    std::vector<std::string> names;
+    auto r = read_listing_page(nested, "repositories", names);
     REQUIRE_FALSE(r.ok());
     CHECK(r.error().message.find("deeper") != std::string::npos);
 }
 
-TEST_CASE("a hostile catalog page costs no memory beyond its names", "[catalog]") {
-    // 16 MiB (the upstream listing cap) of '[': a DOM of it takes gigabytes; the filter stops
-    // at kMaxCatalogDepth. 16 MiB of names, none kept: nothing is built.
+TEST_CASE("a hostile listing page costs no memory beyond its names", "[catalog]") {
+    // 16 MiB (the upstream listing cap) of '[': a DOM of it takes gigabytes; the reader stops
+    // at kMaxCatalogDepth. 16 MiB of names: the reader stops at kMaxListingNames.
     const std::size_t cap = 16 * 1024 * 1024;
     std::string deep = R"({"repositories":)" + std::string(cap, '[');
     std::string names = R"({"repositories":[)";
@@ -91,29 +102,85 @@ TEST_CASE("a hostile catalog page costs no memory beyond its names", "[catalog]"
     while (punctuation.size() < cap)
         punctuation += "[],";
     punctuation += "0]}";
-    auto keep = [](const std::string& n) { return n == "public/a"; };
-
+    std::vector<std::string> out;
     long before = peak_rss_kib();
-    auto r = filter_catalog_page(deep, keep);
+    auto r = read_listing_page(deep, "repositories", out);
     REQUIRE_FALSE(r.ok());
-    r = filter_catalog_page(names, keep);
-    REQUIRE(r.ok());
-    CHECK(*r == R"({"repositories":[]})");
+    CHECK(out.empty());
     if (kRssMeaningful) CHECK(peak_rss_kib() - before < 1024);
-    r = filter_catalog_page(punctuation, keep);
+    r = read_listing_page(names, "repositories", out);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().code == "LISTING_TOO_LONG");
+    CHECK(out.size() == kMaxListingNames);
+    out.clear();
+    r = read_listing_page(punctuation, "repositories", out);
     REQUIRE(r.ok());
     if (kRssMeaningful) CHECK(peak_rss_kib() - before < static_cast<long>(3 * cap / 1024 + 4096));
 }
 
-TEST_CASE("the page size of a catalog query", "[catalog]") {
-    CHECK(catalog_page_size("") == std::nullopt);
-    CHECK(catalog_page_size("last=a") == std::nullopt);
-    CHECK(catalog_page_size("n=5") == 5u);
-    CHECK(catalog_page_size("last=x&n=1001") == 1001u);
-    CHECK(catalog_page_size("nn=5&n=7") == 7u);
-    // Not a number: the default applies (docker-registry ignores it too).
-    CHECK(catalog_page_size("n=") == std::nullopt);
-    CHECK(catalog_page_size("n=abc") == std::nullopt);
-    CHECK(catalog_page_size("n=-1") == std::nullopt);
-    CHECK(catalog_page_size("n=99999999999999999999999") == UINT64_MAX);
+TEST_CASE("the n and last of a listing query", "[catalog]") {
+    CHECK(query("").n == std::nullopt);
+    CHECK(query("last=a").n == std::nullopt);
+    CHECK(query("last=a").last == "a");
+    CHECK(query("n=5").n == 5u);
+    CHECK(query("last=x&n=1001").n == 1001u);
+    CHECK(query("nn=5&n=7").n == 7u);
+    CHECK(query("n=0").n == 0u);
+    CHECK(query("n=").n == std::nullopt);  // empty: as if absent (docker-registry too)
+    CHECK(query("n=99999999999999999999999").n == UINT64_MAX);
+    CHECK(query("last=p%2Fapp&ns=docker.io").last == "p/app");
+    for (std::string_view q : {"n=abc", "n=-1", "n=1.5", "n=+3", "n=%31x"}) {
+        auto r = parse_listing_query(q);
+        CAPTURE(q);
+        REQUIRE_FALSE(r.ok());
+        CHECK(r.error().code == "PAGINATION_NUMBER_INVALID");
+        CHECK(r.error().status == 400);
+    }
+}
+
+TEST_CASE("a page: at most n names after last, and the last one sent when more remain",
+          "[catalog]") {
+    using V = std::vector<std::string>;
+    const V sorted{"B", "Z", "_x", "a", "b", "v1", "v10", "v2"};
+    auto all = select_page(sorted, query(""), 0);
+    CHECK(page_names(all) == sorted);
+    CHECK_FALSE(all.next_last);
+    auto first = select_page(sorted, query("n=3"), 0);
+    CHECK(page_names(first) == V{"B", "Z", "_x"});
+    CHECK(first.next_last == "_x");
+    auto second = select_page(sorted, query("n=3&last=_x"), 0);
+    CHECK(page_names(second) == V{"a", "b", "v1"});
+    auto third = select_page(sorted, query("n=3&last=v1"), 0);
+    CHECK(page_names(third) == V{"v10", "v2"});
+    CHECK_FALSE(third.next_last);
+    // Exactly n left: no Link (nothing remains after the page).
+    CHECK_FALSE(select_page(sorted, query("n=2&last=v1"), 0).next_last);
+    // n = 0: an empty page, never a Link.
+    auto zero = select_page(sorted, query("n=0"), 0);
+    CHECK(zero.names.empty());
+    CHECK_FALSE(zero.next_last);
+    // `last` need not be in the list: the names lexically after it.
+    CHECK(page_names(select_page(sorted, query("last=c"), 0)) == V{"v1", "v10", "v2"});
+    CHECK(select_page(sorted, query("last=zzz"), 0).names.empty());
+    CHECK(page_names(select_page(sorted, query("n=" + std::to_string(UINT64_MAX)), 0)) == sorted);
+    // The catalog's default page size applies without n.
+    auto paged = select_page(sorted, query(""), 5);
+    CHECK(paged.names.size() == 5);
+    CHECK(paged.next_last == "b");
+    CHECK(paged.n == 5);
+    CHECK(select_page({}, query("n=3"), 0).names.empty());
+}
+
+TEST_CASE("Link headers: the registry's form out, the next query in", "[catalog]") {
+    CHECK(next_page_link("/v2/_catalog", "p/app", 1) ==
+          R"(</v2/_catalog?last=p%2Fapp&n=1>; rel="next")");
+    CHECK(next_page_link("/v2/a/b/tags/list", "v1.0_x-y", 10) ==
+          R"(</v2/a/b/tags/list?last=v1.0_x-y&n=10>; rel="next")");
+    CHECK(next_page_query(R"(</v2/_catalog?last=p%2Fapp&n=1>; rel="next")") == "last=p%2Fapp&n=1");
+    CHECK(next_page_query(R"(<https://other.example/v2/a/tags/list?n=2&last=b>; rel="next")") ==
+          "n=2&last=b");
+    CHECK(next_page_query("") == std::nullopt);
+    CHECK(next_page_query(R"(</v2/_catalog?n=1>; rel="prev")") == std::nullopt);
+    CHECK(next_page_query(R"(</v2/_catalog>; rel="next")") == std::nullopt);
+    CHECK(next_page_query("</v2/_catalog?n=1") == std::nullopt);
 }

@@ -1,6 +1,7 @@
 #include "drayage/registry/routes.hpp"
 
 #include <catch2/catch.hpp>
+#include <vector>
 
 #include "drayage/registry/front.hpp"
 
@@ -75,13 +76,40 @@ TEST_CASE("routes: bad names, digests and tags never reach a lookup") {
     CHECK(parse_route("/v2/a/blobs/sha256:" + std::string(63, 'a')).error().code ==
           "DIGEST_INVALID");
     CHECK(parse_route("/v2/a/blobs/sha256:" + std::string(64, 'a')).ok());
-    CHECK(parse_route("/v2/a/manifests/-bad").error().code == "TAG_INVALID");
-    CHECK(parse_route("/v2/a/manifests/" + std::string(129, 't')).error().code == "TAG_INVALID");
     CHECK(parse_route("/v2/a/manifests/sha256:xyz").error().code == "DIGEST_INVALID");
+    CHECK(parse_route("/v2/a/manifests/md5:" + std::string(32, 'a')).error().code ==
+          "DIGEST_INVALID");
     for (const auto& e :
          {parse_route("/v2/../../etc/blobs/" + kDigest), parse_route("/v2/a/blobs/md5:abcd")}) {
         CHECK(e.error().status == 400);
     }
+}
+
+TEST_CASE("routes: a reference no manifest or blob can have is unknown, not invalid") {
+    // docker-registry's router answers 404 for these; the spec wants 404 for a manifest that
+    // does not exist, and no tag outside the grammar can.
+    for (const std::string& ref :
+         std::vector<std::string>{".bad", "-bad", std::string(129, 't'), "bad!", "a%20b"}) {
+        auto r = parse_route("/v2/a/b/manifests/" + ref);
+        REQUIRE_FALSE(r.ok());
+        CHECK(r.error().code == "MANIFEST_UNKNOWN");
+        CHECK(r.error().status == 404);
+    }
+    for (std::string ref : std::vector<std::string>{"v1", "latest", "sha256"}) {
+        auto r = parse_route("/v2/a/b/blobs/" + ref);
+        REQUIRE_FALSE(r.ok());
+        CHECK(r.error().code == "BLOB_UNKNOWN");
+        CHECK(r.error().status == 404);
+    }
+    // A bad name stays 400 whatever the reference.
+    CHECK(parse_route("/v2/A/manifests/.bad").error().code == "NAME_INVALID");
+    CHECK(parse_route("/v2/A/blobs/v1").error().code == "NAME_INVALID");
+    // Unsupported algorithms and malformed digests stay 400 DIGEST_INVALID.
+    CHECK(parse_route("/v2/a/blobs/foo:bar").error().status == 400);
+    CHECK(parse_route("/v2/a/manifests/foo:bar").error().status == 400);
+    auto sha512 = parse_route("/v2/a/manifests/sha512:" + std::string(128, 'a'));
+    REQUIRE(sha512.ok());
+    CHECK(sha512->by_digest);
 }
 
 TEST_CASE("Range headers") {
