@@ -73,8 +73,9 @@ Result<Route> parse_route(std::string_view path) {
             if (after.size() <= 1) return Route{Endpoint::upload_start, std::string(n), {}, false};
             std::string_view id = after.substr(1);
             if (id.back() == '/') id.remove_suffix(1);
+            // No upload can have such an id: an unknown upload, as the registry answers.
             if (!valid_upload_id(id))
-                return make_error("BLOB_UPLOAD_INVALID", "invalid upload id", 400);
+                return make_error("BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry", 404);
             return Route{Endpoint::upload, std::string(n), std::string(id), false};
         }
     }

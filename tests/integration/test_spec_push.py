@@ -397,6 +397,11 @@ def test_error_statuses(stack):
             # Distribution 2.8 cannot tell an unknown upload from one without its _state.
             assert error_code(r) == ("BLOB_UPLOAD_INVALID" if label == "registry"
                                      else "BLOB_UPLOAD_UNKNOWN")
+        # An id no upload can have (outside drayage's id grammar): unknown too, not a client error.
+        r = requests.get(f"{base}/v2/{name}/blobs/uploads/not.a.uuid", timeout=30)
+        assert r.status_code == 404, (label, r.text)
+        if label != "registry":
+            assert error_code(r) == "BLOB_UPLOAD_UNKNOWN"
         # DELETE of an upload: 204, then it is unknown.
         r = start(base, name)
         at = r.headers["Location"]

@@ -40,7 +40,8 @@ struct Route {
 //   404 MANIFEST_UNKNOWN (a manifest reference without ':' outside the tag grammar: no such
 //                       tag can exist; docker-registry answers 404 for it as well)
 //   404 BLOB_UNKNOWN   (a blob reference without ':': not a digest, so no such blob)
-//   400 BLOB_UPLOAD_INVALID (an upload id outside [A-Za-z0-9_-]{1,128})
+//   404 BLOB_UPLOAD_UNKNOWN (an upload id outside [A-Za-z0-9_-]{1,128}: no such upload can
+//                       exist; docker-registry answers 404 as well)
 Result<Route> parse_route(std::string_view path);
 
 }  // namespace drayage::registry

@@ -60,7 +60,8 @@ TEST_CASE("routes: uploads") {
     REQUIRE(u);
     CHECK(u->endpoint == Endpoint::upload);
     CHECK(u->reference == "0f1e2d3c-aaaa-bbbb");
-    CHECK(parse_route("/v2/team/app/blobs/uploads/bad%2Fid").error().code == "BLOB_UPLOAD_INVALID");
+    CHECK(parse_route("/v2/team/app/blobs/uploads/bad%2Fid").error().code == "BLOB_UPLOAD_UNKNOWN");
+    CHECK(parse_route("/v2/team/app/blobs/uploads/bad%2Fid").error().status == 404);
 }
 
 TEST_CASE("routes: bad names, digests and tags never reach a lookup") {
