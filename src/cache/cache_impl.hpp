@@ -1,4 +1,5 @@
-// Internals shared by cache.cpp (loop side) and writer.cpp (writer thread).
+// Internals shared by the loop side (cache.cpp, fill.cpp, records.cpp) and the writer thread
+// (writer.cpp, writer_batch.cpp).
 #pragma once
 
 #include <event2/event.h>
