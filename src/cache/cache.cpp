@@ -107,6 +107,7 @@ void Cache::Impl::on_completions() {
                 break;
             }
             case Completion::Kind::linked: pending_links.erase(c.digest); break;
+            case Completion::Kind::unlinked: pending_unlinks.erase(c.digest); break;
             case Completion::Kind::barrier: {
                 auto cb = idle_callbacks.find(c.id);
                 if (cb != idle_callbacks.end()) {

@@ -42,7 +42,8 @@ using CursorPtr = std::unique_ptr<MDB_cursor, CursorDeleter>;
 
 // The named databases (blob_store.hpp describes each).
 struct Dbis {
-    MDB_dbi meta = 0, chunks = 0, lru = 0, links = 0, garbage = 0, info = 0, tags = 0;
+    MDB_dbi meta = 0, chunks = 0, lru = 0, links = 0, linked_by = 0, garbage = 0, info = 0,
+            tags = 0;
 };
 
 // mdb_txn_begin, adopting a map another process grew (MDB_MAP_RESIZED). 0 and `out` set, or the
@@ -55,6 +56,10 @@ Result<std::optional<BlobMeta>> read_meta(MDB_txn* txn, MDB_dbi dbi, std::string
 // The counters in the `info` database ("charged", "next_id", "chunk_size").
 std::uint64_t read_u64(MDB_txn* txn, MDB_dbi info, const char* name, std::uint64_t dflt);
 int write_u64(MDB_txn* txn, MDB_dbi info, const char* name, std::uint64_t value);
+
+// Fills `linked_by` from `links` when it is empty and `links` is not: a store written before
+// the index existed. One pass in the opening transaction.
+int index_links(MDB_txn* txn, const Dbis& dbis);
 
 // One write transaction over `txn` (lmdb_write.cpp); `page` is the environment's page size, which
 // chunk charges are counted in.

@@ -149,7 +149,7 @@ public:
             return make_error(kErrStore,
                               "cannot create cache directory " + path_ + ": " + ec.message());
         if (int rc = mdb_env_create(&env_); rc != 0) return lmdb_error(rc, "mdb_env_create");
-        mdb_env_set_maxdbs(env_, 8);
+        mdb_env_set_maxdbs(env_, 16);
         mdb_env_set_maxreaders(env_, 1024);
         if (int rc = mdb_env_set_mapsize(
                 env_, opts.map_size != 0 ? opts.map_size : map_size_for(max_size_));
@@ -175,10 +175,10 @@ public:
             const char* name;
             MDB_dbi* dbi;
         };
-        for (Named n :
-             {Named{"meta", &dbi_.meta}, Named{"chunks", &dbi_.chunks}, Named{"lru", &dbi_.lru},
-              Named{"links", &dbi_.links}, Named{"garbage", &dbi_.garbage},
-              Named{"info", &dbi_.info}, Named{"tags", &dbi_.tags}}) {
+        for (Named n : {Named{"meta", &dbi_.meta}, Named{"chunks", &dbi_.chunks},
+                        Named{"lru", &dbi_.lru}, Named{"links", &dbi_.links},
+                        Named{"linked_by", &dbi_.linked_by}, Named{"garbage", &dbi_.garbage},
+                        Named{"info", &dbi_.info}, Named{"tags", &dbi_.tags}}) {
             if (int rc = mdb_dbi_open(txn.get(), n.name, MDB_CREATE, n.dbi); rc != 0) {
                 return lmdb_error(rc, std::string("opening database ") + n.name + " in " + path_);
             }
@@ -190,6 +190,8 @@ public:
                 return lmdb_error(rc, "initialising " + path_);
             }
         }
+        if (int rc = lmdb::index_links(txn.get(), dbi_); rc != 0)
+            return lmdb_error(rc, "indexing repository links in " + path_);
         if (int rc = mdb_txn_commit(txn.release()); rc != 0)
             return lmdb_error(rc, "initialising " + path_);
         return {};
@@ -312,8 +314,8 @@ public:
         u.max_size = max_size_;
         u.chunk_size = chunk_size_;
         u.charged_bytes = read_u64(txn.get(), dbi_.info, "charged", 0);
-        for (MDB_dbi d :
-             {dbi_.meta, dbi_.chunks, dbi_.lru, dbi_.links, dbi_.garbage, dbi_.info, dbi_.tags}) {
+        for (MDB_dbi d : {dbi_.meta, dbi_.chunks, dbi_.lru, dbi_.links, dbi_.linked_by,
+                          dbi_.garbage, dbi_.info, dbi_.tags}) {
             MDB_stat st;
             if (int rc = mdb_stat(txn.get(), d, &st); rc != 0) return lmdb_error(rc, "stat");
             u.used_bytes += (st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages) * page_;

@@ -220,14 +220,73 @@ public:
         return out;
     }
 
+    // Both directions in this transaction, so `linked_by` never disagrees with `links`.
     Status link(std::string_view repo, std::string_view digest) override {
         std::string key = link_key(repo, digest);
+        std::string by_digest = link_key(digest, repo);
         MDB_val k = val(key);
+        MDB_val b = val(by_digest);
         MDB_val empty{0, nullptr};
         if (int rc = mdb_put(txn_.get(), dbi_.links, &k, &empty, 0); rc != 0) {
             return lmdb_error(rc, "writing repository link");
         }
+        if (int rc = mdb_put(txn_.get(), dbi_.linked_by, &b, &empty, 0); rc != 0) {
+            return lmdb_error(rc, "writing repository link index");
+        }
         return {};
+    }
+
+    Result<bool> unlink(std::string_view repo, std::string_view digest) override {
+        std::string key = link_key(repo, digest);
+        std::string by_digest = link_key(digest, repo);
+        MDB_val k = val(key);
+        MDB_val b = val(by_digest);
+        int rc = mdb_del(txn_.get(), dbi_.links, &k, nullptr);
+        if (rc != 0 && rc != MDB_NOTFOUND) return lmdb_error(rc, "dropping repository link");
+        int rb = mdb_del(txn_.get(), dbi_.linked_by, &b, nullptr);
+        if (rb != 0 && rb != MDB_NOTFOUND) return lmdb_error(rb, "dropping repository link index");
+        return rc == 0;
+    }
+
+    Result<bool> has_links(std::string_view digest) override {
+        std::string prefix(digest);
+        prefix.push_back('\0');
+        MDB_cursor* c = nullptr;
+        if (int rc = mdb_cursor_open(txn_.get(), dbi_.linked_by, &c); rc != 0) {
+            return lmdb_error(rc, "opening link index cursor");
+        }
+        CursorPtr cur(c);
+        MDB_val k = val(prefix);
+        MDB_val v;
+        int rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+        if (rc == MDB_NOTFOUND) return false;
+        if (rc != 0) return lmdb_error(rc, "reading link index");
+        return view(k).substr(0, prefix.size()) == prefix;
+    }
+
+    Result<std::uint64_t> drop_tags_naming(std::string_view repo,
+                                           std::string_view digest) override {
+        std::string prefix(repo);
+        prefix.push_back(':');  // not in a repository name: only this repository's tags
+        MDB_cursor* c = nullptr;
+        if (int rc = mdb_cursor_open(txn_.get(), dbi_.tags, &c); rc != 0) {
+            return lmdb_error(rc, "walking tag records");
+        }
+        CursorPtr cur(c);
+        std::uint64_t dropped = 0;
+        MDB_val k = val(prefix);
+        MDB_val v;
+        int rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+        while (rc == 0 && view(k).substr(0, prefix.size()) == prefix) {
+            TagRecord r;
+            if (detail::decode_tag(view(v), r) && r.digest == digest) {
+                if (int d = mdb_cursor_del(c, 0); d != 0) return lmdb_error(d, "dropping tag");
+                ++dropped;
+            }
+            rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+        }
+        if (rc != 0 && rc != MDB_NOTFOUND) return lmdb_error(rc, "walking tag records");
+        return dropped;
     }
 
     Status put_tag(std::string_view key, const TagRecord& record) override {
@@ -291,6 +350,30 @@ private:
 };
 
 }  // namespace
+
+int index_links(MDB_txn* txn, const Dbis& dbis) {
+    MDB_stat by;
+    MDB_stat links;
+    if (int rc = mdb_stat(txn, dbis.linked_by, &by); rc != 0) return rc;
+    if (int rc = mdb_stat(txn, dbis.links, &links); rc != 0) return rc;
+    if (by.ms_entries > 0 || links.ms_entries == 0) return 0;
+    MDB_cursor* c = nullptr;
+    if (int rc = mdb_cursor_open(txn, dbis.links, &c); rc != 0) return rc;
+    CursorPtr cur(c);
+    MDB_val k;
+    MDB_val v;
+    MDB_val empty{0, nullptr};
+    int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+    for (; rc == 0; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        std::string_view key = view(k);
+        std::size_t z = key.find('\0');
+        if (z == std::string_view::npos) continue;
+        std::string by_digest = link_key(key.substr(z + 1), key.substr(0, z));
+        MDB_val b = val(by_digest);
+        if (int p = mdb_put(txn, dbis.linked_by, &b, &empty, 0); p != 0) return p;
+    }
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
 
 std::unique_ptr<StoreWrite> make_write(TxnPtr txn, const Dbis& dbis, std::uint64_t page) {
     return std::make_unique<LmdbWrite>(std::move(txn), dbis, page);

@@ -68,23 +68,42 @@ Result<std::optional<Document>> Cache::get_document(std::string_view digest) {
     return std::optional<Document>{std::move(doc)};
 }
 
-void Cache::link(std::string_view repo, std::string_view digest) {
-    Impl& impl = *impl_;
+namespace {
+std::string link_key(std::string_view repo, std::string_view digest) {
     std::string key(repo);
     key.push_back('\0');
     key.append(digest);
+    return key;
+}
+}  // namespace
+
+void Cache::link(std::string_view repo, std::string_view digest) {
+    Impl& impl = *impl_;
+    std::string key = link_key(repo, digest);
+    impl.pending_unlinks.erase(key);
     impl.pending_links.insert(key);
     WriterOp op;
     op.kind = WriterOp::Kind::link;
-    op.digest = key;
+    op.digest = std::move(key);
     impl.writer->push(std::move(op));
 }
 
+void Cache::unlink(std::string_view repo, std::string_view digest, std::function<void()> done) {
+    Impl& impl = *impl_;
+    std::string key = link_key(repo, digest);
+    impl.pending_links.erase(key);
+    impl.pending_unlinks.insert(key);
+    WriterOp op;
+    op.kind = WriterOp::Kind::unlink;
+    op.digest = std::move(key);
+    impl.writer->push(std::move(op));
+    if (done) when_idle(std::move(done));
+}
+
 Result<bool> Cache::is_linked(std::string_view repo, std::string_view digest) {
-    std::string key(repo);
-    key.push_back('\0');
-    key.append(digest);
+    std::string key = link_key(repo, digest);
     if (impl_->pending_links.count(key) > 0) return true;
+    if (impl_->pending_unlinks.count(key) > 0) return false;
     return impl_->store->is_linked(repo, digest);
 }
 
