@@ -24,6 +24,7 @@
 #include "drayage/http/server.hpp"
 #include "drayage/registry/auth.hpp"
 #include "drayage/registry/fetch.hpp"
+#include "drayage/registry/forwarder.hpp"
 #include "drayage/registry/origin.hpp"
 #include "drayage/registry/routes.hpp"
 #include "drayage/registry/upstream.hpp"
@@ -45,8 +46,9 @@ struct FrontDeps {
     // already validated. Unset: uploads are answered 405 UNSUPPORTED.
     std::function<void(std::shared_ptr<http::Exchange>, const Route&)> uploads;
     // Everything else drayage does not serve itself (manifest PUT/DELETE, blob DELETE, unknown
-    // /v2/ methods): forwarded to the registry behind. Unset: 405 UNSUPPORTED.
-    std::function<void(std::shared_ptr<http::Exchange>)> forward;
+    // /v2/ methods): forwarded to the registry behind (Forwarder::handle; the front passes a
+    // gate for deletions). Unset: 405 UNSUPPORTED.
+    std::function<void(std::shared_ptr<http::Exchange>, ForwardGate)> forward;
     // Client authentication and per-repository rules (config `auth`). Null: an open mirror.
     // When set, every /v2/ request is checked before it is routed (401 with a Bearer challenge
     // when denied; names normalised first), /auth/token is the token endpoint, a blob or a

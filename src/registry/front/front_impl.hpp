@@ -12,6 +12,8 @@
 //   upstream_origin.cpp  the upstream registry as a BlobOrigin
 //   manifests.cpp      manifests by digest and by tag: the tag records, TTL, revalidation,
 //                      stale-if-error
+//   deletion.cpp       DELETE of blobs and manifests: forwarded, and what the registry deleted
+//                      ends in drayage's records too
 //   listings.cpp       /v2/_catalog and tag lists from the upstream, the catalog filtered by
 //                      the rules
 //   responses.cpp      Registry API answers and errors (responses.hpp)
@@ -96,6 +98,16 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
     void revalidate_tag(const std::shared_ptr<http::Exchange>& ex, const Route& r,
                         const std::string& key, const TagEntry& entry, cache::Document doc);
     void fetch_manifest(const std::shared_ptr<http::Exchange>& ex, const Route& r);
+
+    // ----- deletion (deletion.cpp) -------------------------------------------------------------
+    // DELETE /v2/<name>/blobs/<digest> and /v2/<name>/manifests/<reference>, through the
+    // forwarder: a 202 answer reaches the client only after end_tag / end_digest committed.
+    void forward_delete(const std::shared_ptr<http::Exchange>& ex, const Route& r);
+    // The tag record `key` ("<repo>:<tag>") ends; `done` runs once that is committed.
+    void end_tag(const std::string& key, std::function<void()> done);
+    // `digest` was deleted in `repo`: its link (the proof), the tags of `repo` naming it, and
+    // the cached bytes once no repository links them (Cache::unlink); `done` after the commit.
+    void end_digest(const std::string& repo, const std::string& digest, std::function<void()> done);
 
     // ----- listings (listings.cpp) -----------------------------------------------------------
     Result<std::string> filter_catalog(const Identity& who, const std::string& body) const;
