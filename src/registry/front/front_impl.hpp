@@ -3,7 +3,8 @@
 //   front.cpp          the entry: RegistryFront, routing (handle) and one handler per endpoint
 //                      (dispatch)
 //   admission.cpp      who may do what: auth, the rules, auth.passthrough, cross-repository
-//                      mounts, and the repository/digest proof (prove_blob) a blob needs
+//                      mounts, and the repository/digest proof (prove_blob) a blob needs on
+//                      every mirror
 //   blob_serving.cpp   blobs in the cache (hits, joins of a filling blob, Range, HEAD) and the
 //                      hit workers' handler (blob_serving.hpp)
 //   misses.cpp         a blob the cache does not have: asks the fetch layer (Fetcher, one flight
@@ -58,7 +59,7 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
     // Serves an admitted request.
     void dispatch(const std::shared_ptr<http::Exchange>& ex, const Route& r, const Identity& who);
 
-    // ----- admission (admission.cpp; deps.auth set) -------------------------------------------
+    // ----- admission (admission.cpp; deps.auth set, except prove_blob) ------------------------
     // The rules, then dispatch (normalises r.name).
     void admit(const std::shared_ptr<http::Exchange>& ex, Route r);
     bool admit_by_rules(const std::shared_ptr<http::Exchange>& ex, Route& r, Identity& who);
@@ -74,6 +75,7 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
     void prove_blob(const std::shared_ptr<http::Exchange>& ex, const Route& r,
                     std::function<void()> go);
     void refuse_unlinked(http::Exchange& ex, const std::optional<Error>& upstream_error);
+    void refuse_unreadable_bucket(http::Exchange& ex, const Route& r, const Error& e);
 
     // ----- blobs (blob_serving.cpp) ----------------------------------------------------------
     void serve_blob(const std::shared_ptr<http::Exchange>& ex, const Route& r);
