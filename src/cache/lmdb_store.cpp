@@ -282,13 +282,14 @@ public:
         return out;
     }
 
+    // On every blob hit (the repository/digest proof): a pooled read transaction.
     Result<bool> is_linked(std::string_view repo, std::string_view digest) override {
-        TxnPtr txn;
-        if (int rc = begin_txn(env_, MDB_RDONLY, txn); rc != 0) return lmdb_error(rc, "read txn");
+        std::optional<ReadPool::Lease> txn;
+        if (int rc = reads_->take(txn); rc != 0) return lmdb_error(rc, "read txn");
         std::string key = link_key(repo, digest);
         MDB_val k = val(key);
         MDB_val v;
-        int rc = mdb_get(txn.get(), dbi_.links, &k, &v);
+        int rc = mdb_get(txn->get(), dbi_.links, &k, &v);
         if (rc == MDB_NOTFOUND) return false;
         if (rc != 0) return lmdb_error(rc, "reading repository link");
         return true;

@@ -101,10 +101,13 @@ void Cache::unlink(std::string_view repo, std::string_view digest, std::function
 }
 
 Result<bool> Cache::is_linked(std::string_view repo, std::string_view digest) {
-    std::string key = link_key(repo, digest);
-    if (impl_->pending_links.count(key) > 0) return true;
-    if (impl_->pending_unlinks.count(key) > 0) return false;
-    return impl_->store->is_linked(repo, digest);
+    Impl& impl = *impl_;
+    if (!impl.pending_links.empty() || !impl.pending_unlinks.empty()) {  // rare on a hit
+        std::string key = link_key(repo, digest);
+        if (impl.pending_links.count(key) > 0) return true;
+        if (impl.pending_unlinks.count(key) > 0) return false;
+    }
+    return impl.store->is_linked(repo, digest);
 }
 
 void Cache::put_tag(std::string_view key, TagRecord record) {
