@@ -154,7 +154,10 @@ void wire_forwarder(Components& c, const config::Config& cfg) {
     // With drayage's own realm, clients' credentials stay here; drayage's go upstream.
     if (cfg.auth) forward_options.credentials = c.upstream.get();
     c.forwarder = std::make_unique<registry::Forwarder>(*c.curl, forward_options);
-    c.deps.forward = [f = c.forwarder.get()](std::shared_ptr<http::Exchange> ex) { f->handle(ex); };
+    c.deps.forward = [f = c.forwarder.get()](std::shared_ptr<http::Exchange> ex,
+                                             registry::ForwardGate gate) {
+        f->handle(ex, std::move(gate));
+    };
 }
 
 // Client authentication and per-repository rules; without `auth` an open mirror.

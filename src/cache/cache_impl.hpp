@@ -1,4 +1,5 @@
-// Internals shared by cache.cpp (loop side) and writer.cpp (writer thread).
+// Internals shared by the loop side (cache.cpp, fill.cpp, records.cpp) and the writer thread
+// (writer.cpp, writer_batch.cpp).
 #pragma once
 
 #include <event2/event.h>
@@ -32,6 +33,7 @@ struct WriterOp {
         touch,
         document,
         link,
+        unlink,       // digest: repo '\0' digest
         tag_put,      // digest: the tag key; tag: the record
         tag_drop,     // digest: the tag key
         tags_expire,  // now: drop tag records checked before this
@@ -57,7 +59,7 @@ struct WriterOp {
 
 // What the writer reports back to the loop.
 struct Completion {
-    enum class Kind { committed, fill_done, document_done, linked, barrier };
+    enum class Kind { committed, fill_done, document_done, linked, unlinked, barrier };
     Kind kind = Kind::barrier;
     std::uint64_t fill_id = 0;
     std::uint64_t id = 0;
@@ -148,7 +150,9 @@ struct Cache::Impl {
     std::map<std::string, PendingDoc> pending_docs;
     std::map<std::uint64_t, std::function<void(Status)>> doc_callbacks;
     std::map<std::uint64_t, std::function<void()>> idle_callbacks;
+    // Links (repo '\0' digest) queued and not yet committed: what is_linked answers for them.
     std::set<std::string> pending_links;
+    std::set<std::string> pending_unlinks;
     // Digests of blobs found larger than max_size while being filled without a known size, so
     // that later misses stream them uncached at once instead of filling (and evicting) again.
     // The oldest are forgotten past kTooLargeMemory.
@@ -247,6 +251,7 @@ private:
     Status apply_touch(StoreWrite& w, const WriterOp& op);
     Status apply_document(StoreWrite& w, const WriterOp& op);
     Status apply_evict(StoreWrite& w, const WriterOp& op);
+    Status apply_unlink(StoreWrite& w, const WriterOp& op);
     void report(const std::vector<WriterOp>& batch, const std::vector<Prepared>& prep,
                 const Status& result);
     std::map<std::uint64_t, FillReport> report_fills(const std::vector<WriterOp>& batch,

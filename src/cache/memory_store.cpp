@@ -1,6 +1,7 @@
 // The in-memory BlobStore for tests: same contract as the LMDB one, including snapshot reads
 // during a write (a write works on a copy of the state that replaces it at commit) and
 // kErrMapFull once the charged bytes pass the map size the LMDB store would have.
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -113,6 +114,28 @@ public:
     Status link(std::string_view repo, std::string_view digest) override {
         s_.links.insert(detail::link_key(repo, digest));
         return {};
+    }
+
+    Result<bool> unlink(std::string_view repo, std::string_view digest) override {
+        return s_.links.erase(detail::link_key(repo, digest)) > 0;
+    }
+
+    // A scan: the memory store is for tests (the LMDB store keeps an index by digest).
+    Result<bool> has_links(std::string_view digest) override {
+        return std::any_of(s_.links.begin(), s_.links.end(), [digest](const std::string& k) {
+            std::string_view key(k);
+            std::size_t z = key.find('\0');
+            return z != std::string_view::npos && key.substr(z + 1) == digest;
+        });
+    }
+
+    Result<std::uint64_t> drop_tags_naming(std::string_view repo,
+                                           std::string_view digest) override {
+        std::string prefix = std::string(repo) + ":";
+        return std::erase_if(s_.tags, [&](const auto& kv) {
+            return std::string_view(kv.first).substr(0, prefix.size()) == prefix &&
+                   kv.second.digest == digest;
+        });
     }
 
     Status put_tag(std::string_view key, const TagRecord& record) override {

@@ -142,6 +142,7 @@ Status Writer::apply(StoreWrite& w, const WriterOp& op, Prepared& p) {
             std::string_view all(op.digest);
             return w.link(all.substr(0, z), all.substr(z + 1));
         }
+        case WriterOp::Kind::unlink: return apply_unlink(w, op);
         case WriterOp::Kind::tag_put: return w.put_tag(op.digest, op.tag);
         case WriterOp::Kind::tag_drop: return w.drop_tag(op.digest);
         case WriterOp::Kind::tags_expire: {
@@ -249,6 +250,24 @@ Status Writer::apply_evict(StoreWrite& w, const WriterOp& op) {
     return Status{};
 }
 
+// The registry deleted the digest in a repository: the link and the repository's tags naming it
+// go, and the blob (or document) with them once no repository links it. A blob a reader holds
+// stays, unlinked, until it is evicted: no repository serves it without a new proof.
+Status Writer::apply_unlink(StoreWrite& w, const WriterOp& op) {
+    std::size_t z = op.digest.find('\0');
+    std::string_view all(op.digest);
+    std::string_view repo = all.substr(0, z);
+    std::string_view digest = all.substr(z + 1);
+    if (auto u = w.unlink(repo, digest); !u) return u.error();
+    if (auto t = w.drop_tags_naming(repo, digest); !t) return t.error();
+    auto linked = w.has_links(digest);
+    if (!linked) return linked.error();
+    if (*linked) return Status{};
+    WriterOp drop;
+    drop.digest = std::string(digest);
+    return apply_evict(w, drop);
+}
+
 void Writer::report(const std::vector<WriterOp>& batch, const std::vector<Prepared>& prep,
                     const Status& result) {
     std::vector<Completion> done;
@@ -339,9 +358,11 @@ std::vector<std::string> Writer::report_ops(const std::vector<WriterOp>& batch,
                 done.push_back(std::move(c));
                 break;
             }
-            case WriterOp::Kind::link: {
+            case WriterOp::Kind::link:
+            case WriterOp::Kind::unlink: {
                 Completion c;
-                c.kind = Completion::Kind::linked;
+                c.kind = op.kind == WriterOp::Kind::link ? Completion::Kind::linked
+                                                         : Completion::Kind::unlinked;
                 c.digest = op.digest;
                 done.push_back(std::move(c));
                 break;

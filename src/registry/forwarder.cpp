@@ -23,6 +23,8 @@ using http::Exchange;
 // Client body bytes buffered for curl before the client is paused.
 constexpr std::size_t kBodyHighWatermark = 1024 * 1024;
 constexpr std::size_t kBodyLowWatermark = 256 * 1024;
+// A held answer's body (ForwardGate): what is buffered before reading pauses.
+constexpr std::size_t kHeldBodyLimit = 64 * 1024;
 
 std::string connection_tokens(const http::HeaderList& headers) {
     std::string out;
@@ -49,6 +51,14 @@ struct Forward : std::enable_shared_from_this<Forward> {
     // With drayage's own upstream credentials: the token scope and what was sent.
     std::string scope;
     std::string authorization;
+    // The registry's answer, held while the gate decides (ForwardGate).
+    ForwardGate gate;
+    bool head_held = false;
+    int held_status = 0;
+    http::HeaderList held_headers;
+    std::optional<std::uint64_t> held_length;
+    std::string held_body;
+    bool held_end = false;  // the whole answer arrived while held
 
     std::size_t pending() const { return body.size() - body_taken; }
 
@@ -154,13 +164,14 @@ struct Forwarder::Impl : std::enable_shared_from_this<Forwarder::Impl> {
             options.upstream_url.pop_back();
     }
 
-    void handle(const std::shared_ptr<Exchange>& ex) {
+    void handle(const std::shared_ptr<Exchange>& ex, ForwardGate gate) {
         if (options.upstream_url.empty()) {
             api::send_error(*ex, 405, "UNSUPPORTED", "no registry behind drayage to forward to");
             return;
         }
         auto fw = std::make_shared<Forward>();
         fw->ex = ex;
+        fw->gate = std::move(gate);
         std::weak_ptr<Forward> weak = fw;
         ex->on_closed([weak] {
             if (auto f = weak.lock()) f->stop();
@@ -259,11 +270,17 @@ struct Forwarder::Impl : std::enable_shared_from_this<Forwarder::Impl> {
             if (chunked) length.reset();
             if (fw->ex->request().method == "HEAD" && !length) length = 0;
             fw->ex->set_outcome("passthrough");
+            if (fw->gate) return self->hold_head(fw, resp.status, std::move(out), length);
             fw->ex->send_head(resp.status, std::move(out), length);
             return true;
         };
         h.on_body = [fw](std::string_view data) {
             if (fw->done) return true;
+            if (fw->head_held) {
+                fw->held_body.append(data);
+                fw->download_paused = fw->held_body.size() > kHeldBodyLimit;
+                return !fw->download_paused;
+            }
             if (!fw->ex->write(data)) {
                 if (fw->ex->closed()) {
                     fw->stop();
@@ -292,6 +309,10 @@ struct Forwarder::Impl : std::enable_shared_from_this<Forwarder::Impl> {
                 return;
             }
             (void)resp;
+            if (fw->head_held) {
+                fw->held_end = true;  // release_head finishes
+                return;
+            }
             fw->ex->finish();
         };
         fw->call = net::HttpCall::start(loop, std::move(co), std::move(h));
@@ -309,6 +330,35 @@ struct Forwarder::Impl : std::enable_shared_from_this<Forwarder::Impl> {
             bh.on_end = [fw] { fw->on_client_end(); };
             bh.on_error = [fw](const Error&) { fw->stop(); };
             ex->read_body(std::move(bh));
+        }
+    }
+
+    // Holds the registry's answer and asks the gate; returns on_head's verdict (false when the
+    // gate dropped the answer at once).
+    bool hold_head(const std::shared_ptr<Forward>& fw, int status, http::HeaderList headers,
+                   std::optional<std::uint64_t> length) {
+        fw->head_held = true;
+        fw->held_status = status;
+        fw->held_headers = std::move(headers);
+        fw->held_length = length;
+        ForwardGate gate = std::move(fw->gate);
+        gate(status, [fw](bool pass_on) { release_head(*fw, pass_on); });
+        return !fw->done;
+    }
+
+    static void release_head(Forward& fw, bool pass_on) {
+        if (!fw.head_held) return;
+        fw.head_held = false;
+        if (!pass_on) return fw.stop();
+        // Answered meanwhile (the call failed: 502) or gone.
+        if (fw.ex->closed() || fw.ex->head_sent()) return;
+        fw.ex->send_head(fw.held_status, std::move(fw.held_headers), fw.held_length);
+        if (!fw.held_body.empty()) fw.ex->write(fw.held_body);
+        fw.held_body.clear();
+        if (fw.held_end) return fw.ex->finish();
+        if (fw.download_paused && fw.call) {
+            fw.download_paused = false;
+            fw.call->resume_download();
         }
     }
 
@@ -337,8 +387,8 @@ Forwarder::Forwarder(net::CurlLoop& loop, ForwarderOptions options)
 
 Forwarder::~Forwarder() = default;
 
-void Forwarder::handle(std::shared_ptr<http::Exchange> exchange) {
-    impl_->handle(exchange);
+void Forwarder::handle(std::shared_ptr<http::Exchange> exchange, ForwardGate gate) {
+    impl_->handle(exchange, std::move(gate));
 }
 
 }  // namespace drayage::registry

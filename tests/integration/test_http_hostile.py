@@ -110,6 +110,11 @@ class ChunkedLiar:
             def log_message(self, *args):
                 pass
 
+            def do_HEAD(self):  # drayage's repository proof: the blob exists
+                self.send_response(200 if "/blobs/" in self.path else 404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
             def do_GET(self):
                 if "/blobs/" not in self.path:
                     self.send_response(404)

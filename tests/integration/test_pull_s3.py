@@ -31,6 +31,13 @@ def blob_key(root: str, digest: str) -> str:
     return f"{root.strip('/')}/docker/registry/v2/blobs/sha256/{hexd[:2]}/{hexd}/data"
 
 
+def link_key(root: str, repo: str, digest: str) -> str:
+    """The repository's layer link, as the registry writes it: what proves to drayage that `repo`
+    holds `digest` when there is no upstream to ask."""
+    algo, hexd = digest.split(":", 1)
+    return f"{root.strip('/')}/docker/registry/v2/repositories/{repo}/_layers/{algo}/{hexd}/link"
+
+
 def fetch(url: str, headers: dict | None = None) -> tuple[int, int, str, bool]:
     """(status, bytes received, sha256, completed): completed is False when the transfer was cut."""
     h = hashlib.sha256()
@@ -87,6 +94,7 @@ def test_altered_blob_in_bucket_is_never_served_whole_nor_cached(swift, tmp_path
     bad[size // 2] ^= 0xFF  # one flipped byte, same size
     s3 = swift.client()
     s3.put_object(Bucket=swift.bucket, Key=blob_key(root, digest), Body=bytes(bad))
+    s3.put_object(Bucket=swift.bucket, Key=link_key(root, "alt/app", digest), Body=digest.encode())
     d = drayage_factory({"storage": {"s3": drayage_s3_block(swift, root)}})
     url = f"{d.url}/v2/alt/app/blobs/{digest}"
     for attempt in range(3):
@@ -129,7 +137,12 @@ def test_write_through_shares_upstream_blobs_via_the_bucket(swift, tmp_path,  # 
                                              Prefix=root.strip("/")).get("Uploads")
     finally:
         reg.stop()
-    # A second node with no upstream at all serves the blobs from the shared bucket.
+    # A second node with no upstream at all serves the blobs from the shared bucket, proven by
+    # the repository's layer links there (which the registry wrote when the image was pushed to
+    # a registry on this bucket; write-through copies only the data).
+    for layer in image.layers:
+        s3.put_object(Bucket=swift.bucket, Key=link_key(root, "wt/app", layer.digest),
+                      Body=layer.digest.encode())
     b = drayage_factory({"storage": {"s3": drayage_s3_block(swift, root)}}, name="node-b")
     for layer in image.layers:
         status, n, got, completed = fetch(f"{b.url}/v2/wt/app/blobs/{layer.digest}")
@@ -210,6 +223,7 @@ def test_a_blob_larger_than_the_cache_is_streamed_verified_and_uncached(swift, t
     bad[size - 2] ^= 0xFF
     s3 = swift.client()
     s3.put_object(Bucket=swift.bucket, Key=blob_key(root, digest), Body=bytes(bad))
+    s3.put_object(Bucket=swift.bucket, Key=link_key(root, "big/app", digest), Body=digest.encode())
     d = drayage_factory({"storage": {"s3": drayage_s3_block(swift, root)},
                          "cache": {"max_size": "64MiB"}}, name="bucket")
     url = f"{d.url}/v2/big/app/blobs/{digest}"

@@ -8,6 +8,9 @@
 //                                          small values, never one huge one
 //   lru     be64(last_access) digest    -> ""   (the LRU index; touched lazily by the Cache)
 //   links   repo '\0' digest           -> ""   (which repositories a blob is known to belong to)
+//   linked_by digest '\0' repo         -> ""   (the same relation by digest, written in the same
+//                                          transaction: whether any repository still links a
+//                                          blob; built from `links` when a store without it opens)
 //   garbage be64(blob_id)              -> ""   (chunks of dropped blobs, deleted in bounded steps)
 //   tags    repo ':' tag               -> TagRecord (the manifest a tag last named upstream)
 //   info    "charged" | "next_id" | "chunk_size"
@@ -116,6 +119,13 @@ public:
     // Up to `n` metas in LRU order (least recently used first), skipping the first `skip`.
     virtual Result<std::vector<BlobMeta>> oldest(std::size_t skip, std::size_t n) = 0;
     virtual Status link(std::string_view repo, std::string_view digest) = 0;
+    // Removes the link of `digest` to `repo`, if any (returns whether there was one).
+    virtual Result<bool> unlink(std::string_view repo, std::string_view digest) = 0;
+    // Whether any repository links `digest`.
+    virtual Result<bool> has_links(std::string_view digest) = 0;
+    // Drops every tag record of `repo` ("<repo>:<tag>") that names `digest`; returns how many.
+    virtual Result<std::uint64_t> drop_tags_naming(std::string_view repo,
+                                                   std::string_view digest) = 0;
     // `key` is "<repo>:<tag>". Inserts or replaces.
     virtual Status put_tag(std::string_view key, const TagRecord& record) = 0;
     // Not found is not an error.

@@ -278,6 +278,14 @@ public:
 
     // The repository -> blob relation (for access control): written through the writer.
     void link(std::string_view repo, std::string_view digest);
+    // The registry deleted `digest` in `repo`: ends what the cache records of it there (the
+    // link, the tag records of `repo` naming it) and drops the blob or document itself once no
+    // repository links it any more. A blob a reader or fill holds at that moment stays, linked
+    // nowhere, until it is evicted. is_linked on the loop answers false at once; `done`
+    // (optional) runs on the loop once it is committed, so the store's readers (the hit
+    // workers, a restarted process) see it too.
+    void unlink(std::string_view repo, std::string_view digest, std::function<void()> done = {});
+    // Loop thread: includes what is queued. Other threads read store().is_linked (committed).
     Result<bool> is_linked(std::string_view repo, std::string_view digest);
 
     // Tag records (see TagRecord; `key` is "<repo>:<tag>"), written through the writer in order

@@ -28,6 +28,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -52,6 +53,14 @@ struct ForwarderOptions {
     UpstreamRegistry* credentials = nullptr;
 };
 
+// Decides, before the registry's answer to a forwarded request reaches the client, what happens
+// to it: called on the loop with the registry's status; the answer waits until `proceed` runs.
+// proceed(true) sends the registry's answer on; proceed(false) drops it (the call is ended) and
+// the caller answers the exchange itself. What lets a deletion the registry accepted take effect
+// in drayage before the client hears of it. The registry's body, while held, is buffered up to
+// 64 KiB, then read no further until `proceed`.
+using ForwardGate = std::function<void(int status, std::function<void(bool pass_on)> proceed)>;
+
 class Forwarder {
 public:
     // `loop` must outlive this object and every call it started.
@@ -60,8 +69,8 @@ public:
     Forwarder(const Forwarder&) = delete;
     Forwarder& operator=(const Forwarder&) = delete;
 
-    // FrontDeps::forward.
-    void handle(std::shared_ptr<http::Exchange> exchange);
+    // FrontDeps::forward. `gate` (optional) sees the registry's status first.
+    void handle(std::shared_ptr<http::Exchange> exchange, ForwardGate gate = {});
 
     struct Impl;
 

@@ -5,6 +5,8 @@
 //   GET|HEAD /v2/<name>/manifests/<reference>  by digest: cached; by tag: TTL + revalidation with a
 //                                              HEAD upstream, stale-if-error up to max_stale
 //   GET  /v2/<name>/tags/list, /v2/_catalog    passed through to the upstream
+//   DELETE /v2/<name>/blobs/<digest>,          forwarded; a 202 ends drayage's records of the
+//          /v2/<name>/manifests/<reference>    digest or tag under <name> first (deletion.cpp)
 //   GET  /healthz, /metrics
 //
 // A blob miss goes through the fetch layer (FrontDeps::fetcher, drayage/registry/fetch.hpp): one
@@ -25,6 +27,7 @@
 #include "drayage/registry/auth.hpp"
 #include "drayage/registry/byte_range.hpp"
 #include "drayage/registry/fetch.hpp"
+#include "drayage/registry/forwarder.hpp"
 #include "drayage/registry/origin.hpp"
 #include "drayage/registry/routes.hpp"
 #include "drayage/registry/upstream.hpp"
@@ -48,13 +51,14 @@ struct FrontDeps {
     // already validated. Unset: uploads are answered 405 UNSUPPORTED.
     std::function<void(std::shared_ptr<http::Exchange>, const Route&)> uploads;
     // Everything else drayage does not serve itself (manifest PUT/DELETE, blob DELETE, unknown
-    // /v2/ methods): forwarded to the registry behind. Unset: 405 UNSUPPORTED.
-    std::function<void(std::shared_ptr<http::Exchange>)> forward;
+    // /v2/ methods): forwarded to the registry behind (Forwarder::handle; the front passes a
+    // gate for deletions). Unset: 405 UNSUPPORTED.
+    std::function<void(std::shared_ptr<http::Exchange>, ForwardGate)> forward;
     // Client authentication and per-repository rules (config `auth`). Null: an open mirror.
     // When set, every /v2/ request is checked before it is routed (401 with a Bearer challenge
-    // when denied; names normalised first), /auth/token is the token endpoint, a blob or a
-    // manifest by digest is served for <name> only when drayage knows the digest belongs to
-    // <name>, and listings show only readable repositories.
+    // when denied; names normalised first), /auth/token is the token endpoint, and listings
+    // show only readable repositories. With or without it, a blob or a manifest by digest is
+    // served for <name> only when drayage knows the digest belongs to <name>.
     Authenticator* auth = nullptr;
     // auth.passthrough: reads of those repositories decided by the upstream with the client's
     // own Basic credentials. Null: pass-through repositories need a rule like any other.
@@ -64,9 +68,10 @@ struct FrontDeps {
 // The handler of a hit worker (`http.workers`): an extra event-loop thread with its own listening
 // socket on the same address. It serves GET and HEAD of blobs complete in the cache itself, using
 // only the part of the cache that is safe from any thread, and hands every other request, with
-// its connection, to the main server (http::Exchange::hand_off). With `auth` it serves only what
-// it can admit on its own (Authenticator::admit_hit, and a committed repository link); the main
-// loop answers the rest. Plain HTTP only: with TLS there are no workers.
+// its connection, to the main server (http::Exchange::hand_off). It serves only blobs with a
+// committed link to the repository (the repository/digest proof, with or without `auth`), and
+// with `auth` only what it can admit on its own (Authenticator::admit_hit); the main loop answers
+// the rest. Plain HTTP only: with TLS there are no workers.
 http::Handler make_hit_handler(cache::Cache& cache, const Authenticator* auth);
 
 class RegistryFront {

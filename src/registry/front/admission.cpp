@@ -1,6 +1,7 @@
 // Admission: who may do what (deps.auth set). The rules are checked before anything is routed;
-// auth.passthrough repositories are decided by the upstream with the client's own credentials;
-// a blob is served for a repository only once drayage knows it belongs there (prove_blob).
+// auth.passthrough repositories are decided by the upstream with the client's own credentials.
+// On every mirror, with auth or without, a blob is served for a repository only once drayage
+// knows it belongs there (prove_blob).
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -35,6 +36,11 @@ std::vector<Action> needed(const Route& r, std::string_view method) {
         case Endpoint::upload: return {Action::pull, Action::push};
         default: return {Action::push};
     }
+}
+
+// An S3 answer that says the object is not there (as opposed to a bucket that did not answer).
+bool is_missing(const Error& e) {
+    return e.status == 404 || e.code == "NoSuchKey" || e.code == "NotFound";
 }
 
 std::string scope_for(const std::string& repo, const std::vector<Action>& actions) {
@@ -243,10 +249,22 @@ void RegistryFront::Impl::prove_blob(const std::shared_ptr<Exchange>& ex, const 
     deps.bucket->head(layout.layer_link_key(r.name, *digest),
                       [self, ex, r, go, ask_upstream](Result<s3::ObjectInfo> info) {
                           if (ex->closed()) return;
+                          if (!info && !self->deps.upstream && !is_missing(info.error()))
+                              return self->refuse_unreadable_bucket(*ex, r, info.error());
                           if (!info) return ask_upstream();
                           self->deps.cache->link(r.name, r.reference);
                           go();
                       });
+}
+
+// The bucket could not be read and there is no upstream to ask: the proof cannot be made now,
+// which is not the same as a blob the repository does not hold.
+void RegistryFront::Impl::refuse_unreadable_bucket(Exchange& ex, const Route& r, const Error& e) {
+    spdlog::warn("blob {} from s3: the layer link of {} could not be read: {}", r.reference, r.name,
+                 e.to_string());
+    ex.set_outcome("unproven:s3-down");
+    send_error(ex, 503, "UNAVAILABLE",
+               "cannot confirm the blob belongs to this repository now: the bucket did not answer");
 }
 
 void RegistryFront::Impl::refuse_unlinked(Exchange& ex,

@@ -222,15 +222,19 @@ http::Handler make_hit_handler(cache::Cache& cache, const Authenticator* auth) {
         if (req.method == "GET" || req.method == "HEAD") {
             auto route = parse_route(req.path);
             bool admitted = route && route->endpoint == Endpoint::blob;
-            if (admitted && auth != nullptr) {
-                // The same two checks as the loop's: the client may pull the repository, and
-                // the blob is known to belong to it (only the committed links: the loop keeps
-                // the ones still queued, and proves the rest through an origin).
-                auto adm = auth->admit_hit(req, route->name);
-                auto linked = adm ? cache.store().is_linked(adm->repo, route->reference)
-                                  : Result<bool>(false);
+            if (admitted) {
+                // The same checks as the loop's: with auth, the client may pull the repository;
+                // always, the blob is known to belong to it (only the committed links: the loop
+                // keeps the ones still queued, and proves the rest through an origin).
+                std::optional<Authenticator::HitAdmission> adm;
+                if (auth != nullptr) adm = auth->admit_hit(req, route->name);
+                const std::string* repo = auth == nullptr ? &route->name
+                                          : adm           ? &adm->repo
+                                                          : nullptr;
+                auto linked = repo != nullptr ? cache.store().is_linked(*repo, route->reference)
+                                              : Result<bool>(false);
                 admitted = linked && *linked;
-                if (admitted && !adm->user.empty()) ex->set_user(adm->user);
+                if (admitted && adm && !adm->user.empty()) ex->set_user(adm->user);
             }
             if (admitted) {
                 const std::string& digest = route->reference;
@@ -266,12 +270,13 @@ http::Handler make_hit_handler(cache::Cache& cache, const Authenticator* auth) {
 }
 
 // ----- RegistryFront::Impl: blobs ----------------------------------------------------------
+// Every mirror, open or not, serves a blob for <name> only once it knows <name> holds it, as
+// the registry would (prove_blob): /v2/<other>/blobs/<digest> of a cached blob is a 404.
 void RegistryFront::Impl::serve_blob(const std::shared_ptr<Exchange>& ex, const Route& r) {
-    if (deps.auth) {
-        auto self = shared_from_this();
-        return prove_blob(ex, r, [self, ex, r] { self->serve_proven_blob(ex, r); });
-    }
-    serve_proven_blob(ex, r);
+    auto linked = deps.cache->is_linked(r.name, r.reference);
+    if (linked && *linked) return serve_proven_blob(ex, r);  // the hit path: no closure
+    auto self = shared_from_this();
+    prove_blob(ex, r, [self, ex, r] { self->serve_proven_blob(ex, r); });
 }
 
 void RegistryFront::Impl::serve_proven_blob(const std::shared_ptr<Exchange>& ex, const Route& r) {

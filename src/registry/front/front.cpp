@@ -54,9 +54,11 @@ void RegistryFront::Impl::dispatch(const std::shared_ptr<Exchange>& ex, const Ro
             if (!get_or_head) break;
             return respond_json(*ex, 200, "{}");
         case Endpoint::blob:
+            if (req.method == "DELETE" && deps.forward) return forward_delete(ex, r);
             if (!get_or_head) break;
             return serve_blob(ex, r);
         case Endpoint::manifest:
+            if (req.method == "DELETE" && deps.forward) return forward_delete(ex, r);
             if (!get_or_head) break;
             return serve_manifest(ex, r);
         case Endpoint::tags:
@@ -72,7 +74,7 @@ void RegistryFront::Impl::dispatch(const std::shared_ptr<Exchange>& ex, const Ro
             if (deps.uploads) return deps.uploads(ex, r);
             return send_error(*ex, 405, "UNSUPPORTED", "pushes are not accepted by this drayage");
     }
-    if (deps.forward) return deps.forward(ex);
+    if (deps.forward) return deps.forward(ex, {});
     send_error(*ex, 405, "UNSUPPORTED", "method not allowed here");
 }
 

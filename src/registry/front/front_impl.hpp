@@ -3,7 +3,8 @@
 //   front.cpp          the entry: RegistryFront, routing (handle) and one handler per endpoint
 //                      (dispatch)
 //   admission.cpp      who may do what: auth, the rules, auth.passthrough, cross-repository
-//                      mounts, and the repository/digest proof (prove_blob) a blob needs
+//                      mounts, and the repository/digest proof (prove_blob) a blob needs on
+//                      every mirror
 //   blob_serving.cpp   blobs in the cache (hits, joins of a filling blob, Range, HEAD) and the
 //                      hit workers' handler (blob_serving.hpp)
 //   misses.cpp         a blob the cache does not have (serve_miss): asks the fetch layer
@@ -14,6 +15,8 @@
 //                      as its BlobSink (ExchangeSink), or the error
 //   manifests.cpp      manifests by digest and by tag: the tag records, TTL, revalidation,
 //                      stale-if-error
+//   deletion.cpp       DELETE of blobs and manifests: forwarded, and what the registry deleted
+//                      ends in drayage's records too
 //   listings.cpp       /v2/_catalog and tag lists: whole lists from the upstream, kept for
 //                      manifest_ttl, paged by drayage (n, last, Link), the catalog filtered by
 //                      the rules
@@ -77,7 +80,7 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
     // Serves an admitted request.
     void dispatch(const std::shared_ptr<http::Exchange>& ex, const Route& r, const Identity& who);
 
-    // ----- admission (admission.cpp; deps.auth set) -------------------------------------------
+    // ----- admission (admission.cpp; deps.auth set, except prove_blob) ------------------------
     // The rules, then dispatch (normalises r.name).
     void admit(const std::shared_ptr<http::Exchange>& ex, Route r);
     bool admit_by_rules(const std::shared_ptr<http::Exchange>& ex, Route& r, Identity& who);
@@ -95,6 +98,7 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
     void prove_blob(const std::shared_ptr<http::Exchange>& ex, const Route& r,
                     std::function<void()> go, std::function<void()> unproven = {});
     void refuse_unlinked(http::Exchange& ex, const std::optional<Error>& upstream_error);
+    void refuse_unreadable_bucket(http::Exchange& ex, const Route& r, const Error& e);
 
     // ----- blobs (blob_serving.cpp) ----------------------------------------------------------
     void serve_blob(const std::shared_ptr<http::Exchange>& ex, const Route& r);
@@ -120,6 +124,16 @@ struct RegistryFront::Impl : std::enable_shared_from_this<RegistryFront::Impl> {
     void revalidate_tag(const std::shared_ptr<http::Exchange>& ex, const Route& r,
                         const std::string& key, const TagEntry& entry, cache::Document doc);
     void fetch_manifest(const std::shared_ptr<http::Exchange>& ex, const Route& r);
+
+    // ----- deletion (deletion.cpp) -------------------------------------------------------------
+    // DELETE /v2/<name>/blobs/<digest> and /v2/<name>/manifests/<reference>, through the
+    // forwarder: a 202 answer reaches the client only after end_tag / end_digest committed.
+    void forward_delete(const std::shared_ptr<http::Exchange>& ex, const Route& r);
+    // The tag record `key` ("<repo>:<tag>") ends; `done` runs once that is committed.
+    void end_tag(const std::string& key, std::function<void()> done);
+    // `digest` was deleted in `repo`: its link (the proof), the tags of `repo` naming it, and
+    // the cached bytes once no repository links them (Cache::unlink); `done` after the commit.
+    void end_digest(const std::string& repo, const std::string& digest, std::function<void()> done);
 
     // ----- listings (listings.cpp) -----------------------------------------------------------
     // GET of a listing: the page the query asks for, from the kept list or a fresh one.

@@ -108,12 +108,10 @@ std::map<std::string, RegistryFront::Impl::TagEntry>::iterator RegistryFront::Im
 
 void RegistryFront::Impl::serve_manifest(const std::shared_ptr<Exchange>& ex, const Route& r) {
     if (r.by_digest) {
-        // With auth, a cached manifest is served for <name> only when it was fetched for
-        // <name> (or pushed there); otherwise the upstream is asked for <name>.
-        if (deps.auth) {
-            auto linked = deps.cache->is_linked(r.name, r.reference);
-            if (!linked || !*linked) return fetch_manifest(ex, r);
-        }
+        // A cached manifest is served for <name> only when it was fetched for <name> (and
+        // not deleted there since); otherwise the upstream is asked for <name>.
+        auto linked = deps.cache->is_linked(r.name, r.reference);
+        if (!linked || !*linked) return fetch_manifest(ex, r);
         // A client that does not accept the cached manifest's type gets what the upstream
         // answers it (docker-registry: 404 MANIFEST_UNKNOWN, by digest as by tag), never a
         // type it did not ask for.

@@ -468,6 +468,77 @@ TEMPLATE_TEST_CASE("the repository/digest relation", "[cache]", LmdbCache, Memor
     CHECK_FALSE(*cache->is_linked("library/busybox", d));
 }
 
+TEMPLATE_TEST_CASE("unlink ends a repository's records and drops the blob with its last link",
+                   "[cache]", LmdbCache, MemoryCache) {
+    TempDir dir;
+    Base b;
+    auto cache = open_cache(b.base, TestType::options(dir, 64 * 1024 * 1024));
+    const std::string data = random_bytes(300'000, 7);
+    const std::string d = sha256_digest(data);
+    fill_blob(*cache, b.base, data, d);
+    cache->link("team/a", d);
+    cache->link("team/b", d);
+    cache->put_tag("team/a:v1", TagRecord{d, "application/json", 1});
+    cache->put_tag("team/b:v1", TagRecord{d, "application/json", 1});
+    wait_idle(*cache, b.base);
+
+    bool done = false;
+    cache->unlink("team/a", d, [&] { done = true; });
+    CHECK_FALSE(*cache->is_linked("team/a", d));  // at once, before the commit
+    REQUIRE(pump(b.base, [&] { return done; }));
+    CHECK_FALSE(*cache->store().is_linked("team/a", d));  // committed when `done` ran
+    CHECK(*cache->is_linked("team/b", d));
+    CHECK_FALSE(cache->get_tag("team/a:v1")->has_value());
+    CHECK(cache->get_tag("team/b:v1")->has_value());
+    CHECK(cache->lookup(d)->presence == Presence::complete);  // team/b still links it
+
+    done = false;
+    cache->unlink("team/b", d, [&] { done = true; });
+    REQUIRE(pump(b.base, [&] { return done; }));
+    CHECK(cache->lookup(d)->presence == Presence::absent);
+    CHECK_FALSE(cache->get_tag("team/b:v1")->has_value());
+
+    // Linked again later (a new push): served again, the relation starts afresh.
+    cache->link("team/a", d);
+    CHECK(*cache->is_linked("team/a", d));
+}
+
+TEMPLATE_TEST_CASE("unlink keeps a blob a reader holds, linked nowhere", "[cache]", LmdbCache,
+                   MemoryCache) {
+    TempDir dir;
+    Base b;
+    auto cache = open_cache(b.base, TestType::options(dir, 64 * 1024 * 1024));
+    const std::string data = random_bytes(300'000, 8);
+    const std::string d = sha256_digest(data);
+    fill_blob(*cache, b.base, data, d);
+    cache->link("team/a", d);
+    auto reader = cache->open_reader(d, 0, std::nullopt);
+    REQUIRE(reader.ok());
+    bool done = false;
+    cache->unlink("team/a", d, [&] { done = true; });
+    REQUIRE(pump(b.base, [&] { return done; }));
+    CHECK(cache->lookup(d)->presence == Presence::complete);
+    CHECK_FALSE(*cache->is_linked("team/a", d));
+    reader->reset();
+}
+
+TEMPLATE_TEST_CASE("unlink of a manifest drops the document with its last link", "[cache]",
+                   LmdbCache, MemoryCache) {
+    TempDir dir;
+    Base b;
+    auto cache = open_cache(b.base, TestType::options(dir, 64 * 1024 * 1024));
+    const std::string manifest = R"({"schemaVersion":2})";
+    const std::string d = sha256_digest(manifest);
+    REQUIRE(cache->put_document(d, "application/json", manifest).ok());
+    cache->link("team/a", d);
+    wait_idle(*cache, b.base);
+    REQUIRE(cache->get_document(d)->has_value());
+    bool done = false;
+    cache->unlink("team/a", d, [&] { done = true; });
+    REQUIRE(pump(b.base, [&] { return done; }));
+    CHECK_FALSE(cache->get_document(d)->has_value());
+}
+
 TEST_CASE("a restart discards partial fills and serves complete blobs", "[cache]") {
     TempDir dir;
     std::string data = random_bytes(1024 * 1024, 8);

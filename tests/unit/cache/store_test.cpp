@@ -1,5 +1,8 @@
 // BlobStore contract, run against both implementations.
+#include <lmdb.h>
+
 #include <catch2/catch.hpp>
+#include <filesystem>
 
 #include "drayage/cache/blob_store.hpp"
 #include "support.hpp"
@@ -235,6 +238,94 @@ TEMPLATE_TEST_CASE("store records which repositories a blob belongs to", "[store
     CHECK_FALSE(*store->is_linked("library/alpin", d));
     CHECK_FALSE(*store->is_linked("library/alpine", sha256_digest("y")));
     CHECK_FALSE(*store->is_linked("library", d));
+}
+
+TEMPLATE_TEST_CASE("store unlinks a repository and knows whether any other still links a blob",
+                   "[store]", LmdbKind, MemoryKind) {
+    TempDir dir;
+    auto store = TestType::make({dir.path.string(), 64 * 1024 * 1024, 64 * 1024});
+    const std::string d = sha256_digest("x"), other = sha256_digest("y");
+    {
+        auto w = store->begin_write();
+        REQUIRE((*w)->link("team/a", d).ok());
+        REQUIRE((*w)->link("team/b", d).ok());
+        REQUIRE((*w)->link("team/a", other).ok());
+        REQUIRE((*w)->commit().ok());
+    }
+    auto w = store->begin_write();
+    REQUIRE(w.ok());
+    CHECK(*(*w)->unlink("team/a", d));
+    CHECK_FALSE(*(*w)->unlink("team/a", d));  // gone already
+    CHECK_FALSE(*(*w)->unlink("team/c", d));  // never linked
+    CHECK(*(*w)->has_links(d));               // team/b still links it
+    CHECK(*(*w)->unlink("team/b", d));
+    CHECK_FALSE(*(*w)->has_links(d));  // read inside the same transaction
+    CHECK(*(*w)->has_links(other));
+    CHECK_FALSE(*(*w)->has_links(sha256_digest("never")));
+    REQUIRE((*w)->commit().ok());
+    CHECK_FALSE(*store->is_linked("team/a", d));
+    CHECK_FALSE(*store->is_linked("team/b", d));
+    CHECK(*store->is_linked("team/a", other));
+}
+
+TEST_CASE("lmdb store indexes the links of a store written before the index existed", "[store]") {
+    TempDir dir;
+    const std::string d = sha256_digest("old");
+    {
+        // A store of the earlier format: links, no linked_by. Written with LMDB directly.
+        MDB_env* env = nullptr;
+        REQUIRE(mdb_env_create(&env) == 0);
+        mdb_env_set_maxdbs(env, 8);
+        std::filesystem::create_directories(dir.path);
+        REQUIRE(mdb_env_open(env, dir.path.c_str(), MDB_NOTLS, 0644) == 0);
+        MDB_txn* txn = nullptr;
+        REQUIRE(mdb_txn_begin(env, nullptr, 0, &txn) == 0);
+        MDB_dbi links = 0;
+        REQUIRE(mdb_dbi_open(txn, "links", MDB_CREATE, &links) == 0);
+        std::string key = "team/a";
+        key.push_back('\0');
+        key += d;
+        MDB_val k{key.size(), key.data()};
+        MDB_val v{0, nullptr};
+        REQUIRE(mdb_put(txn, links, &k, &v, 0) == 0);
+        REQUIRE(mdb_txn_commit(txn) == 0);
+        mdb_env_close(env);
+    }
+    auto store = LmdbKind::make({dir.path.string(), 64 * 1024 * 1024, 64 * 1024});
+    CHECK(*store->is_linked("team/a", d));
+    auto w = store->begin_write();
+    REQUIRE(w.ok());
+    CHECK(*(*w)->has_links(d));
+    CHECK(*(*w)->unlink("team/a", d));
+    CHECK_FALSE(*(*w)->has_links(d));
+}
+
+TEMPLATE_TEST_CASE("store drops the tag records of one repository that name a digest", "[store]",
+                   LmdbKind, MemoryKind) {
+    TempDir dir;
+    auto store = TestType::make({dir.path.string(), 64 * 1024 * 1024, 64 * 1024});
+    const std::string d1 = sha256_digest("one"), d2 = sha256_digest("two");
+    {
+        auto w = store->begin_write();
+        REQUIRE((*w)->put_tag("team/a:v1", TagRecord{d1, "application/json", 1}).ok());
+        REQUIRE((*w)->put_tag("team/a:latest", TagRecord{d1, "application/json", 1}).ok());
+        REQUIRE((*w)->put_tag("team/a:v2", TagRecord{d2, "application/json", 1}).ok());
+        REQUIRE((*w)->put_tag("team/ab:v1", TagRecord{d1, "application/json", 1}).ok());
+        REQUIRE((*w)->put_tag("team/b:v1", TagRecord{d1, "application/json", 1}).ok());
+        REQUIRE((*w)->commit().ok());
+    }
+    {
+        auto w = store->begin_write();
+        auto n = (*w)->drop_tags_naming("team/a", d1);
+        REQUIRE(n.ok());
+        CHECK(*n == 2);
+        REQUIRE((*w)->commit().ok());
+    }
+    CHECK_FALSE(store->get_tag("team/a:v1")->has_value());
+    CHECK_FALSE(store->get_tag("team/a:latest")->has_value());
+    CHECK(store->get_tag("team/a:v2")->has_value());
+    CHECK(store->get_tag("team/ab:v1")->has_value());  // another repository, same prefix
+    CHECK(store->get_tag("team/b:v1")->has_value());
 }
 
 TEMPLATE_TEST_CASE("store keeps tag records and drops those checked too long ago", "[store]",
