@@ -21,7 +21,9 @@
 //   TIMEOUT          no response head within response_timeout, a buffered or error response not
 //                    complete within timeout, or a blob body stalled
 //   INTERRUPTED      the connection broke after the response head (mid-body)
-//   UNAUTHORIZED     401 after authenticating, or a token endpoint answering 403 or garbage
+//   UNAUTHORIZED     401 after authenticating, or a token endpoint answering 403
+//   TOKEN_INVALID    the token endpoint answered 2xx with no token in it (not JSON, a login
+//                    page): its realm is forgotten like that of an endpoint that is down
 //   TOKEN_REFUSED    the token endpoint answered 401 (status 401): it refused the credentials
 //                    themselves, whatever the repository
 //   NOT_FOUND        404

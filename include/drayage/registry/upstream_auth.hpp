@@ -61,7 +61,8 @@ constexpr std::chrono::seconds kDefaultTokenLifetime{60};
 // Parses a token endpoint's JSON body: `token` or (OAuth2) `access_token`, `expires_in` (seconds;
 // absent or <= 0 means 60), `issued_at` (RFC 3339; when present, the lifetime counts from it,
 // clamped to [0, expires_in] so a registry clock ahead or behind ours cannot stretch it).
-// Errors (code "UNAUTHORIZED"): not JSON, no token.
+// Errors (code "TOKEN_INVALID"): not JSON, no token. That is the token endpoint's fault (a login
+// page, a proxy's error page), not a refusal of the credentials.
 Result<TokenGrant> parse_token_response(std::string_view body,
                                         std::chrono::system_clock::time_point now);
 

@@ -38,14 +38,20 @@ public:
             }
         };
         auto t = std::make_shared<Transfer>();
+        // UpstreamRegistry reports a transfer its on_head refused with on_done("ABORTED"); a
+        // sink that abandoned the transfer is promised no on_done at all.
+        auto abandoned = std::make_shared<bool>(false);
         BlobHandlers h;
-        h.on_head = [on_head = sink.on_head](const UpstreamBlobHead& head) {
+        h.on_head = [on_head = sink.on_head, abandoned](const UpstreamBlobHead& head) {
             OriginHead oh;
             if (head.has_length) oh.size = head.length;
-            return on_head(oh);
+            *abandoned = !on_head(oh);
+            return !*abandoned;
         };
         h.on_data = sink.on_data;
-        h.on_done = sink.on_done;
+        h.on_done = [on_done = sink.on_done, abandoned](Status st) {
+            if (!*abandoned) on_done(std::move(st));
+        };
         t->fetch = upstream_.get_blob(repo, digest, std::nullopt, std::move(h));
         return t;
     }

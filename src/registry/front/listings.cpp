@@ -55,7 +55,13 @@ void RegistryFront::Impl::fetch_listing(
 void RegistryFront::Impl::fetch_listing_page(const std::shared_ptr<ListingFetch>& fetch,
                                              const std::string& query) {
     auto on_page = [fetch, self = shared_from_this()](Result<UpstreamListing> l) {
-        if (!l) return fetch->done(l.error());
+        if (!l) {
+            // One page over the byte cap is a listing too long, as many pages are (a 502, not a
+            // 503: asking again brings the same page).
+            if (l.error().code == "TOO_LARGE")
+                return fetch->done(make_error("LISTING_TOO_LONG", l.error().message));
+            return fetch->done(l.error());
+        }
         fetch->pages += 1;
         fetch->bytes += l->body.size();
         auto st =

@@ -247,7 +247,7 @@ Result<TokenGrant> parse_token_response(std::string_view body,
                                         std::chrono::system_clock::time_point now) {
     auto doc = nlohmann::json::parse(body.begin(), body.end(), nullptr, /*allow_exceptions=*/false);
     if (doc.is_discarded() || !doc.is_object())
-        return make_error("UNAUTHORIZED",
+        return make_error("TOKEN_INVALID",
                           "token endpoint answered with something that is not a "
                           "JSON object");
     TokenGrant grant;
@@ -259,7 +259,7 @@ Result<TokenGrant> parse_token_response(std::string_view body,
         }
     }
     if (grant.token.empty())
-        return make_error("UNAUTHORIZED",
+        return make_error("TOKEN_INVALID",
                           "token endpoint answer has neither token nor access_token");
 
     std::chrono::seconds expires_in = kDefaultTokenLifetime;

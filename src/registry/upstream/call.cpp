@@ -573,6 +573,15 @@ void UpstreamRegistry::Impl::fetch_token(const std::string& key, const std::stri
             return;
         }
         auto grant = parse_token_response(r->body, std::chrono::system_clock::now());
+        if (!grant) {
+            // Not a token (a login page, a proxy's error page): a failure of the endpoint, whose
+            // realm is learnt anew like that of one that is down.
+            forget_realm(asked);
+            Error e = grant.error();
+            e.message = "token endpoint: " + e.message;
+            tokens.complete(key, std::move(e), steady_clock::now());
+            return;
+        }
         if (grant && !keep) grant->lifetime = std::chrono::seconds(0);  // used once, not stored
         tokens.complete(key, std::move(grant), steady_clock::now());
     };

@@ -4,17 +4,22 @@ other protocols. Everything it is not told to do, it answers like a small open r
 
     up = HostileUpstream().start()
     up.script("/v2/a/b/manifests/v1", "endless_404")         # one of SCRIPTS, or a callable
+    up.script(path, up.answer(body, length=len(body) + 9))   # a scripted answer (see answer())
+    up.script(path, [first, then])                           # answers in turn, the last repeated
+    up.gate.clear(); ...; up.gate.set()                       # holds answers made with hold_*
     up.manifests["/v2/a/b/manifests/v1"] = (headers, body)   # a plain 200 (HEAD: head only)
     up.realm = "http://127.0.0.1:PORT/token"                 # Bearer challenge for /v2/<name>/...
     up.token_key = tokens.key.public_key()                   # ... and tokens it accepts
     up.requests                                              # [{"method", "path", "headers"}]
     up.cut_by_peer                                           # scripted answers the client ended
 
-Each connection serves one request and is closed after it. A scripted answer that never ends
+Paths outside /v2/<name>/ (a token endpoint at `up.url + "/token"`, an S3 key) are never
+challenged. Each connection serves one request and is closed after it. A scripted answer that never ends
 runs until the client closes the connection (the write fails or EOF is read): `cut_by_peer`
 counts those, which is how a test sees that the client gave up rather than read forever.
 """
 import socket
+import struct
 import threading
 import time
 
@@ -22,9 +27,11 @@ import jwt
 
 from .net import free_port
 
-SCRIPTS = ("endless_404", "endless_401", "trickle_manifest", "stall_blob")
+SCRIPTS = ("endless_404", "endless_401", "trickle_manifest", "stall_blob", "reset")
 STALL_AFTER = 64 * 1024  # stall_blob: bytes sent of the promised STALL_SIZE before it stops
 STALL_SIZE = 1024 * 1024
+WAIT = 120  # seconds a held answer waits for its gate: bounds a hang, says nothing about speed
+PIECE = 64 * 1024
 
 
 class HostileUpstream:
@@ -37,6 +44,8 @@ class HostileUpstream:
         self.token_key = None
         self.requests: list = []
         self.cut_by_peer = 0
+        self.gate = threading.Event()
+        self.gate.set()
         self._lock = threading.Lock()
         self._sock = None
 
@@ -45,8 +54,74 @@ class HostileUpstream:
         return f"http://127.0.0.1:{self.port}"
 
     def script(self, path: str, what) -> None:
-        assert callable(what) or what in SCRIPTS, what
-        self.scripts[path] = what
+        """`what`: one of SCRIPTS, a callable(conn, req), or a list of those given in turn (the
+        last one to every request after)."""
+        for w in what if isinstance(what, list) else [what]:
+            assert callable(w) or w in SCRIPTS, w
+        self.scripts[path] = list(what) if isinstance(what, list) else what
+
+    def answer(self, body, *, status: int = 200, headers: dict | None = None,
+               length: int | None = None, chunked: bool = False, upto: int | None = None,
+               then: str = "close", hold_head: bool = False, hold_at: int | None = None):
+        """A scripted answer: `body` (bytes, or an iterable of byte pieces made as they are
+        sent, so a 100 MiB body never exists whole) as a `status` response.
+
+        length: the Content-Length announced (default: the true one for bytes); an iterable
+            without one, or chunked=True, is sent chunked. The last chunk goes out only after
+            the whole body.
+        upto: only this many body bytes are sent, then `then`: "close" (FIN) or "stall"
+            (nothing more until the client hangs up).
+        hold_head / hold_at: wait for `gate` before the head / after `hold_at` body bytes, so
+            a test can join several clients to one transfer before it goes wrong."""
+        if length is None and isinstance(body, bytes) and not chunked:
+            length = len(body)
+        chunked = chunked or length is None
+        head = f"HTTP/1.1 {status} X\r\n" + "".join(f"{k}: {v}\r\n"
+                                                   for k, v in (headers or {}).items())
+        head += "Transfer-Encoding: chunked\r\n" if chunked else f"Content-Length: {length}\r\n"
+        head = (head + "Connection: close\r\n\r\n").encode("latin-1")
+
+        def pieces():
+            for p in [body] if isinstance(body, bytes) else body:
+                for i in range(0, len(p), PIECE):
+                    yield p[i:i + PIECE]
+
+        def frame(conn, p: bytes):
+            if p:  # an empty chunk would end a chunked body
+                conn.sendall(b"%x\r\n%s\r\n" % (len(p), p) if chunked else p)
+
+        def send(conn, req):
+            if hold_head:
+                self.gate.wait(WAIT)
+            try:
+                conn.sendall(head)
+                sent, whole = 0, True
+                for p in ([] if req["method"] == "HEAD" else pieces()):
+                    if upto is not None and sent + len(p) > upto:
+                        p, whole = p[:upto - sent], False
+                    if hold_at is not None and sent <= hold_at < sent + len(p):
+                        first, p = p[:hold_at - sent], p[hold_at - sent:]
+                        frame(conn, first)
+                        sent += len(first)
+                        self.gate.wait(WAIT)
+                    frame(conn, p)
+                    sent += len(p)
+                    if not whole:
+                        break
+                if whole:
+                    if chunked:
+                        conn.sendall(b"0\r\n\r\n")
+                    return
+                if then != "stall":
+                    return  # a FIN after a short body: the fake cut it, not the client
+                while conn.recv(65536):
+                    pass  # nothing more is sent; EOF is the client giving up
+            except OSError:
+                pass
+            with self._lock:
+                self.cut_by_peer += 1
+
+        return send
 
     def start(self) -> "HostileUpstream":
         self._sock = socket.socket()
@@ -112,7 +187,8 @@ class HostileUpstream:
 
     def _answer(self, conn, req):
         path = req["path"]
-        if self.realm is not None and path != "/v2/" and not self._authorized(req):
+        registry_path = path.startswith("/v2/") and path != "/v2/"
+        if self.realm is not None and registry_path and not self._authorized(req):
             name = path[len("/v2/"):].rsplit("/", 2)[0]
             return self._send(conn, 401, {
                 "WWW-Authenticate": f'Bearer realm="{self.realm}",service="{self.service}",'
@@ -121,6 +197,9 @@ class HostileUpstream:
                 b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}',
                 head_only=req["method"] == "HEAD")
         what = self.scripts.get(path)
+        if isinstance(what, list):
+            with self._lock:
+                what = what.pop(0) if len(what) > 1 else what[0]
         if callable(what):
             return what(conn, req)
         if what is not None and req["method"] == "HEAD" and "/blobs/" in path:
@@ -128,6 +207,11 @@ class HostileUpstream:
             # serves it); what misbehaves is its GET.
             return self._send(conn, 200, {"Content-Type": "application/octet-stream"}, b"",
                               head_only=True)
+        if what == "stall_blob":
+            return self.answer(b"s" * STALL_SIZE, upto=STALL_AFTER, then="stall",
+                               headers={"Content-Type": "application/octet-stream"})(conn, req)
+        if what == "reset":  # RST instead of an answer: SO_LINGER 0, then close
+            return conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         if what is not None:
             return self._endless(conn, what)
         if path == "/v2/":
@@ -177,12 +261,8 @@ class HostileUpstream:
                 while True:
                     time.sleep(0.1)
                     conn.sendall(b"1\r\n \r\n")
-            elif what == "stall_blob":
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
-                             b"Content-Length: %d\r\n\r\n" % STALL_SIZE + b"s" * STALL_AFTER)
-                while conn.recv(65536):
-                    pass  # nothing more is sent; EOF is the client giving up
         except OSError:
             pass
         with self._lock:
             self.cut_by_peer += 1
+

@@ -151,8 +151,8 @@ TEST_CASE("token responses") {
         CHECK(g->lifetime == 0s);
     }
     SECTION("errors") {
-        CHECK(parse_token_response("not json", now).error().code == "UNAUTHORIZED");
-        CHECK(parse_token_response("[1,2]", now).error().code == "UNAUTHORIZED");
+        CHECK(parse_token_response("not json", now).error().code == "TOKEN_INVALID");
+        CHECK(parse_token_response("[1,2]", now).error().code == "TOKEN_INVALID");
         CHECK(!parse_token_response(R"({"token":""})", now));
         CHECK(!parse_token_response(R"({"token":42})", now));
     }
