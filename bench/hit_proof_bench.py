@@ -2,8 +2,10 @@
 """What the repository/digest proof costs an open mirror (no auth), run by hand: instructions per
 cache hit (callgrind) of two drayage binaries in one run, and the origin requests of a first hit.
 
-    /usr/bin/python3 bench/hit_proof_bench.py BEFORE_BINARY AFTER_BINARY [--hits 400]
+    /usr/bin/python3 bench/hit_proof_bench.py BEFORE_BINARY AFTER_BINARY... [--hits 400]
 
+A binary may be given as LABEL=PATH (e.g. main=/work/main/build/src/drayage); the others are
+labelled before, after, after2, ... Every binary after the first is compared with the first.
 Each binary runs under callgrind with http.workers 0 (every hit on the main loop) in front of a
 docker-registry; a 16 KiB and a 1 MiB blob are cached and proven first, then the counters are
 zeroed and --hits GETs of each on one kept-alive connection are counted. Instruction counts are
@@ -65,25 +67,41 @@ def measure(binary: str, reg: Registry, image, work: pathlib.Path, hits: int) ->
         d.stop(timeout=120)
 
 
+def labelled(binaries: list) -> list:
+    out = []
+    for i, b in enumerate(binaries):
+        label, sep, path = b.partition("=")
+        if not sep:
+            label, path = ("before" if i == 0 else "after" if i == 1 else f"after{i}"), b
+        out.append((label, path))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("before")
-    ap.add_argument("after")
+    ap.add_argument("binaries", nargs="+", metavar="BINARY",
+                    help="the first is the baseline; LABEL=PATH names one")
     ap.add_argument("--hits", type=int, default=400)
     args = ap.parse_args()
+    if len(args.binaries) < 2:
+        ap.error("give a baseline binary and at least one to compare with it")
+    binaries = labelled(args.binaries)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
         reg = Registry(tmp / "reg").start()
         try:
             image = reg.push_image("bench/app", "v1", [16 * KiB, MiB], seed=3)
-            rows = {name: measure(b, reg, image, tmp / name, args.hits)
-                    for name, b in (("before", args.before), ("after", args.after))}
+            rows = [(label, measure(b, reg, image, tmp / f"run{i}", args.hits))
+                    for i, (label, b) in enumerate(binaries)]
         finally:
             reg.stop()
+    base_label, base = rows[0]
     for size in (16 * KiB, MiB):
-        b, a = rows["before"][size], rows["after"][size]
-        print(f"{size // KiB:>5} KiB hit: before {b:,.0f} instructions, after {a:,.0f} "
-              f"({(a - b) / b * 100:+.1f}%)")
+        parts = [f"{base_label} {base[size]:,.0f}"]
+        for label, row in rows[1:]:
+            change = (row[size] - base[size]) / base[size] * 100
+            parts.append(f"{label} {row[size]:,.0f} ({change:+.1f}%)")
+        print(f"{size // KiB:>5} KiB hit, instructions: " + ", ".join(parts))
 
 
 if __name__ == "__main__":

@@ -413,12 +413,27 @@ Result<std::unique_ptr<BlobReader>> Cache::open_complete_reader(std::string_view
     return std::unique_ptr<BlobReader>(new BlobReader(std::move(core)));
 }
 
+namespace {
+Error not_linked(std::string_view repo, std::string_view digest) {
+    return make_error(kErrNotLinked,
+                      std::string(repo) + " is not known to hold " + std::string(digest), 404);
+}
+}  // namespace
+
 Result<std::optional<std::uint64_t>> Cache::read_small(
     std::string_view digest, std::uint64_t max_bytes,
-    const std::function<char*(std::size_t)>& place) {
+    const std::function<char*(std::size_t)>& place, const LinkProof* proof) {
     Impl& impl = *impl_;
-    auto r = impl.store->read_small(digest, max_bytes, place);
+    std::string_view linked_to;  // empty: no link to look up
+    if (proof != nullptr) {
+        std::optional<bool> queued;
+        if (proof->queued) queued = impl.queued_link(proof->repo, digest);
+        if (queued && !*queued) return not_linked(proof->repo, digest);
+        if (!queued) linked_to = proof->repo;
+    }
+    auto r = impl.store->read_small(digest, max_bytes, place, linked_to);
     if (!r) return r.error();
+    if (*r && !(*r)->linked) return not_linked(proof->repo, digest);
     if (!*r || (*r)->meta.state != BlobState::complete) {
         return make_error(kErrNotFound, std::string(digest) + " is not cached", 404);
     }

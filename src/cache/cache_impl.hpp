@@ -153,6 +153,9 @@ struct Cache::Impl {
     // Links (repo '\0' digest) queued and not yet committed: what is_linked answers for them.
     std::set<std::string> pending_links;
     std::set<std::string> pending_unlinks;
+    // What the queued links say of `repo` and `digest`: true (a link is queued), false (an
+    // unlink is), nullopt (neither: the store answers).
+    std::optional<bool> queued_link(std::string_view repo, std::string_view digest) const;
     // Digests of blobs found larger than max_size while being filled without a known size, so
     // that later misses stream them uncached at once instead of filling (and evicting) again.
     // The oldest are forgotten past kTooLargeMemory.

@@ -41,8 +41,6 @@
 namespace drayage::cache {
 namespace {
 
-using detail::chunk_key;
-using detail::link_key;
 using lmdb::begin_txn;
 using lmdb::CursorPtr;
 using lmdb::Dbis;
@@ -218,11 +216,20 @@ public:
         return copy_value(v, out.resize(v.mv_size));
     }
 
-    Result<std::optional<SmallRead>> read_small(
-        std::string_view digest, std::uint64_t max_bytes,
-        const std::function<char*(std::size_t)>& place) override {
+    Result<std::optional<SmallRead>> read_small(std::string_view digest, std::uint64_t max_bytes,
+                                                const std::function<char*(std::size_t)>& place,
+                                                std::string_view linked_to) override {
         std::optional<ReadPool::Lease> txn;
         if (int rc = reads_->take(txn); rc != 0) return lmdb_error(rc, "read txn");
+        if (!linked_to.empty()) {
+            int rc = find_link(txn->get(), linked_to, digest);
+            if (rc == MDB_NOTFOUND) {
+                SmallRead unlinked;
+                unlinked.linked = false;
+                return std::optional<SmallRead>{std::move(unlinked)};
+            }
+            if (rc != 0) return lmdb_error(rc, "reading repository link");
+        }
         auto meta = read_meta(txn->get(), dbi_.meta, digest);
         if (!meta) return meta.error();
         if (!*meta) return std::optional<SmallRead>{};
@@ -282,14 +289,11 @@ public:
         return out;
     }
 
-    // On every blob hit (the repository/digest proof): a pooled read transaction.
+    // The proof of the hits read_small does not serve (HEAD, Range): a pooled read transaction.
     Result<bool> is_linked(std::string_view repo, std::string_view digest) override {
         std::optional<ReadPool::Lease> txn;
         if (int rc = reads_->take(txn); rc != 0) return lmdb_error(rc, "read txn");
-        std::string key = link_key(repo, digest);
-        MDB_val k = val(key);
-        MDB_val v;
-        int rc = mdb_get(txn->get(), dbi_.links, &k, &v);
+        int rc = find_link(txn->get(), repo, digest);
         if (rc == MDB_NOTFOUND) return false;
         if (rc != 0) return lmdb_error(rc, "reading repository link");
         return true;
@@ -333,9 +337,17 @@ public:
     }
 
 private:
+    // mdb_get of the link of `digest` to `repo`: 0 (linked), MDB_NOTFOUND or an LMDB error.
+    int find_link(MDB_txn* txn, std::string_view repo, std::string_view digest) const {
+        const detail::LinkKey key(repo, digest);
+        MDB_val k = val(key.view());
+        MDB_val v;
+        return mdb_get(txn, dbi_.links, &k, &v);
+    }
+
     Status get_chunk(MDB_txn* txn, std::uint64_t blob_id, std::uint32_t index, MDB_val& v) {
-        std::string key = chunk_key(blob_id, index);
-        MDB_val k = val(key);
+        const detail::ChunkKey key(blob_id, index);
+        MDB_val k = val(key.view());
         if (int rc = mdb_get(txn, dbi_.chunks, &k, &v); rc != 0) {
             return lmdb_error(rc, "reading chunk");
         }

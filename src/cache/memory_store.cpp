@@ -198,10 +198,15 @@ public:
         return {};
     }
 
-    Result<std::optional<SmallRead>> read_small(
-        std::string_view digest, std::uint64_t max_bytes,
-        const std::function<char*(std::size_t)>& place) override {
+    Result<std::optional<SmallRead>> read_small(std::string_view digest, std::uint64_t max_bytes,
+                                                const std::function<char*(std::size_t)>& place,
+                                                std::string_view linked_to) override {
         std::lock_guard lock(mu_);
+        if (!linked_to.empty() && state_.links.count(detail::link_key(linked_to, digest)) == 0) {
+            SmallRead unlinked;
+            unlinked.linked = false;
+            return std::optional<SmallRead>{std::move(unlinked)};
+        }
         auto it = state_.meta.find(digest);
         if (it == state_.meta.end()) return std::optional<SmallRead>{};
         SmallRead out{it->second, false};

@@ -8,6 +8,7 @@
 #include "drayage/cache/cache.hpp"
 #include "drayage/util/clock.hpp"
 #include "reader_core.hpp"
+#include "store_common.hpp"
 
 namespace drayage::cache {
 
@@ -68,14 +69,7 @@ Result<std::optional<Document>> Cache::get_document(std::string_view digest) {
     return std::optional<Document>{std::move(doc)};
 }
 
-namespace {
-std::string link_key(std::string_view repo, std::string_view digest) {
-    std::string key(repo);
-    key.push_back('\0');
-    key.append(digest);
-    return key;
-}
-}  // namespace
+using detail::link_key;
 
 void Cache::link(std::string_view repo, std::string_view digest) {
     Impl& impl = *impl_;
@@ -100,14 +94,17 @@ void Cache::unlink(std::string_view repo, std::string_view digest, std::function
     if (done) when_idle(std::move(done));
 }
 
+std::optional<bool> Cache::Impl::queued_link(std::string_view repo, std::string_view digest) const {
+    if (pending_links.empty() && pending_unlinks.empty()) return std::nullopt;  // rare on a hit
+    std::string key = link_key(repo, digest);
+    if (pending_links.count(key) > 0) return true;
+    if (pending_unlinks.count(key) > 0) return false;
+    return std::nullopt;
+}
+
 Result<bool> Cache::is_linked(std::string_view repo, std::string_view digest) {
-    Impl& impl = *impl_;
-    if (!impl.pending_links.empty() || !impl.pending_unlinks.empty()) {  // rare on a hit
-        std::string key = link_key(repo, digest);
-        if (impl.pending_links.count(key) > 0) return true;
-        if (impl.pending_unlinks.count(key) > 0) return false;
-    }
-    return impl.store->is_linked(repo, digest);
+    if (auto queued = impl_->queued_link(repo, digest)) return *queued;
+    return impl_->store->is_linked(repo, digest);
 }
 
 void Cache::put_tag(std::string_view key, TagRecord record) {

@@ -176,13 +176,18 @@ public:
     // `max_bytes`, its bytes, copied to place(size) (not called for an empty blob), all in one
     // read transaction: what is read is consistent without pinning the blob. `copied` says
     // whether the bytes were copied. nullopt: no meta.
+    // `linked_to` not empty: first, in the same transaction, whether that repository links
+    // `digest` (the registry front's proof on a hit, at the cost of one more key lookup rather
+    // than a transaction of its own). When it does not, nothing else is read: `linked` is
+    // false, `meta` empty, nothing copied.
     struct SmallRead {
         BlobMeta meta;
         bool copied = false;
+        bool linked = true;
     };
     virtual Result<std::optional<SmallRead>> read_small(
         std::string_view digest, std::uint64_t max_bytes,
-        const std::function<char*(std::size_t)>& place) = 0;
+        const std::function<char*(std::size_t)>& place, std::string_view linked_to) = 0;
     virtual Result<std::unique_ptr<StoreWrite>> begin_write() = 0;
     // Every meta record (any state), in key order. Reads in pages of short transactions.
     virtual Result<std::vector<BlobMeta>> list() = 0;

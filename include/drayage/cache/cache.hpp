@@ -2,8 +2,9 @@
 // fills.
 //
 // Life of a blob GET through the cache (the registry front drives it):
-//   read_small(digest, max, place)  a complete blob of at most `max` bytes (a whole GET): copied
-//                                   into the response in one read transaction, no reader
+//   read_small(digest, max, place, proof)  a complete blob of at most `max` bytes (a whole GET),
+//                                   linked to the requested repository: copied into the
+//                                   response in one read transaction, no reader
 //   lookup(digest)
 //     complete -> open_reader(digest, offset, len): a BlobReader over committed chunks
 //     filling  -> open_reader(...): a BlobReader joined to that fill
@@ -63,6 +64,9 @@ inline constexpr const char* kErrGone =
 inline constexpr const char* kErrTooLarge = "cache.too_large";  // larger than max_size
 // Writes are failing (disk full beyond what eviction frees, I/O errors): no new fills for a while.
 inline constexpr const char* kErrUnwritable = "cache.unwritable";
+// read_small with a LinkProof: the repository does not link the blob (as far as the calling
+// thread can see).
+inline constexpr const char* kErrNotLinked = "cache.not_linked";
 
 struct CacheOptions {
     config::CacheConfig config;
@@ -255,13 +259,25 @@ public:
     Result<std::unique_ptr<BlobReader>> open_complete_reader(std::string_view digest,
                                                              std::uint64_t offset,
                                                              std::optional<std::uint64_t> len);
+    // Which repository must link a blob for read_small to read it: the registry front's proof
+    // that <name> holds <digest>, looked up in the read transaction that reads the blob.
+    struct LinkProof {
+        std::string_view repo;
+        // true on the loop thread only: links queued and not yet committed count, and queued
+        // unlinks count as gone, exactly as for is_linked. false: committed links only (the
+        // hit workers, like store().is_linked).
+        bool queued = true;
+    };
     // A complete blob of at most `max_bytes` (and one chunk), copied whole to place(size) in one
     // read transaction: hits on small blobs need no reader and no pin. Any thread, like
     // open_complete_reader. Returns the size when copied; nullopt when the blob is complete but
     // larger (open a reader). kErrNotFound when not complete (absent, or being filled).
+    // With `proof`: kErrNotLinked when its repository does not link the blob (checked first,
+    // nothing else is read); every other answer means it does.
     Result<std::optional<std::uint64_t>> read_small(std::string_view digest,
                                                     std::uint64_t max_bytes,
-                                                    const std::function<char*(std::size_t)>& place);
+                                                    const std::function<char*(std::size_t)>& place,
+                                                    const LinkProof* proof = nullptr);
     // Joins the running fill of `digest` or starts one. Errors: not a sha256 digest; kErrTooLarge
     // (stored at its expected size, or at the size an earlier fill without one reached, the
     // blob would charge more than max_size; the last 1024 such digests are remembered) and
@@ -286,6 +302,7 @@ public:
     // workers, a restarted process) see it too.
     void unlink(std::string_view repo, std::string_view digest, std::function<void()> done = {});
     // Loop thread: includes what is queued. Other threads read store().is_linked (committed).
+    // A whole GET proves the link with read_small's LinkProof instead, in the same lookup.
     Result<bool> is_linked(std::string_view repo, std::string_view digest);
 
     // Tag records (see TagRecord; `key` is "<repo>:<tag>"), written through the writer in order

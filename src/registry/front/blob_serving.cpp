@@ -141,23 +141,33 @@ namespace {
 // pin, two read transactions, a chunk buffer, callbacks) was most of a 16 KiB hit's cost.
 constexpr std::uint64_t kSmallBlob = 64 * 1024;
 
-enum class SmallHit { served, larger, not_served };
+enum class SmallHit { served, larger, unlinked, not_served };
 
-// Serves a GET without Range of `digest` when it is a complete small blob. larger: complete but
-// larger, for a reader to stream. not_served: not cached, still filling, or the read failed: the
-// streaming path takes it and reports errors.
-SmallHit serve_small_hit(Exchange& ex, cache::Cache& cache, const std::string& digest) {
+// Serves a GET without Range of `digest` when it is a complete small blob, and, given `proof`,
+// linked to its repository (looked up in the same read transaction: the proof costs a hit one
+// key lookup, not a transaction of its own). larger: complete (and linked) but larger, for a
+// reader to stream. unlinked: the repository is not known to hold it. not_served: not cached,
+// still filling, or the read failed: the streaming path takes it and reports errors.
+SmallHit serve_small_hit(Exchange& ex, cache::Cache& cache, const std::string& digest,
+                         const cache::Cache::LinkProof* proof) {
     // One per thread (the loop and each hit worker); it is always empty between requests.
     static thread_local EvbufferPtr staging(evbuffer_new());
     evbuffer* body = staging.get();
     if (body == nullptr) return SmallHit::not_served;
     evbuffer_iovec vec{};
-    auto size = cache.read_small(digest, kSmallBlob, [&](std::size_t n) -> char* {
-        if (evbuffer_reserve_space(body, static_cast<ev_ssize_t>(n), &vec, 1) != 1) return nullptr;
-        vec.iov_len = n;
-        return static_cast<char*>(vec.iov_base);
-    });
-    if (!size) return SmallHit::not_served;
+    auto size = cache.read_small(
+        digest, kSmallBlob,
+        [&](std::size_t n) -> char* {
+            if (evbuffer_reserve_space(body, static_cast<ev_ssize_t>(n), &vec, 1) != 1)
+                return nullptr;
+            vec.iov_len = n;
+            return static_cast<char*>(vec.iov_base);
+        },
+        proof);
+    if (!size) {
+        return size.error().code == cache::kErrNotLinked ? SmallHit::unlinked
+                                                         : SmallHit::not_served;
+    }
     if (!*size) return SmallHit::larger;
     if (**size > 0 && evbuffer_commit_space(body, &vec, 1) != 0) return SmallHit::not_served;
     ex.set_outcome("hit");                 // before finish(), which logs the request
@@ -205,6 +215,80 @@ void respond_from_cache(const std::shared_ptr<Exchange>& ex, const std::string& 
     std::make_shared<BlobStreamer>(ex, std::move(*reader))->start();
 }
 
+enum class WholeHit { served, unlinked, not_served };
+
+// The loop's answer to a GET without Range of a cached blob: one read for a small blob, a reader
+// for a larger one. Given `proof`, only when its repository links the blob. not_served: not
+// cached, still filling, evicted meanwhile, or a read failed: the caller looks the blob up.
+WholeHit serve_whole_hit(const std::shared_ptr<Exchange>& ex, cache::Cache& cache,
+                         const std::string& digest, const cache::Cache::LinkProof* proof) {
+    static metrics::Counter& hits = outcome_counter("blob", "hit");
+    switch (serve_small_hit(*ex, cache, digest, proof)) {
+        case SmallHit::served: hits.inc(); return WholeHit::served;
+        case SmallHit::larger: {  // known complete: no second lookup
+            auto whole = cache.open_reader(digest, 0, std::nullopt);
+            if (!whole && whole.error().code == cache::kErrNotFound) return WholeHit::not_served;
+            ex->set_outcome("hit");
+            hits.inc();
+            respond_from_cache(ex, digest, {}, std::move(whole));
+            return WholeHit::served;
+        }
+        case SmallHit::unlinked: return WholeHit::unlinked;
+        case SmallHit::not_served: return WholeHit::not_served;
+    }
+    return WholeHit::not_served;
+}
+
+// A hit worker's answer to a blob GET or HEAD; false: not served here (the loop takes it). The
+// same checks as the loop's: with auth, the client may pull the repository; always, the blob is
+// known to belong to it, by the committed links only (the loop keeps the ones still queued, and
+// proves the rest through an origin).
+bool serve_worker_hit(const std::shared_ptr<Exchange>& ex, cache::Cache& cache,
+                      const Authenticator* auth) {
+    const http::Request& req = ex->request();
+    auto route = parse_route(req.path);
+    if (!route || route->endpoint != Endpoint::blob) return false;
+    std::optional<Authenticator::HitAdmission> adm;
+    if (auth != nullptr) {
+        adm = auth->admit_hit(req, route->name);
+        if (!adm) return false;
+        if (!adm->user.empty()) ex->set_user(adm->user);  // before the response logs it
+    }
+    const std::string& repo = adm ? adm->repo : route->name;
+    const std::string& digest = route->reference;
+    // Looked up once: the registry's lookups take a lock, and two loops share it.
+    static metrics::Counter& hits = outcome_counter("blob", "hit");
+    static metrics::Counter& served = metrics::global().counter(
+        "drayage_http_worker_hits_total",
+        "Cache hits served by hit workers (http.workers), not the main loop.");
+    if (req.method == "GET" && req.header("Range").empty()) {
+        const cache::Cache::LinkProof proof{repo, false};
+        switch (serve_small_hit(*ex, cache, digest, &proof)) {
+            case SmallHit::served:
+                hits.inc();
+                served.inc();
+                return true;
+            case SmallHit::larger: break;  // proven: a reader streams it
+            case SmallHit::unlinked:
+            case SmallHit::not_served: return false;
+        }
+    } else if (auto linked = cache.store().is_linked(repo, digest); !linked || !*linked) {
+        return false;
+    }
+    auto whole = cache.open_complete_reader(digest, 0, std::nullopt);
+    if (!whole) return false;
+    ex->set_outcome("hit");
+    hits.inc();
+    served.inc();
+    if (req.method == "HEAD") {
+        ex->send_head_lines(200, blob_head_lines(digest), (*whole)->blob_size());
+        ex->finish();
+        return true;
+    }
+    respond_from_cache(ex, digest, std::string(req.header("Range")), std::move(whole));
+    return true;
+}
+
 }  // namespace
 
 void stream_from_cache(const std::shared_ptr<Exchange>& ex, cache::Cache& cache,
@@ -219,50 +303,8 @@ using namespace front;  // NOLINT(google-build-using-namespace): the front's own
 http::Handler make_hit_handler(cache::Cache& cache, const Authenticator* auth) {
     return [&cache, auth](std::shared_ptr<Exchange> ex) {
         const http::Request& req = ex->request();
-        if (req.method == "GET" || req.method == "HEAD") {
-            auto route = parse_route(req.path);
-            bool admitted = route && route->endpoint == Endpoint::blob;
-            if (admitted) {
-                // The same checks as the loop's: with auth, the client may pull the repository;
-                // always, the blob is known to belong to it (only the committed links: the loop
-                // keeps the ones still queued, and proves the rest through an origin).
-                std::optional<Authenticator::HitAdmission> adm;
-                if (auth != nullptr) adm = auth->admit_hit(req, route->name);
-                const std::string* repo = auth == nullptr ? &route->name
-                                          : adm           ? &adm->repo
-                                                          : nullptr;
-                auto linked = repo != nullptr ? cache.store().is_linked(*repo, route->reference)
-                                              : Result<bool>(false);
-                admitted = linked && *linked;
-                if (admitted && adm && !adm->user.empty()) ex->set_user(adm->user);
-            }
-            if (admitted) {
-                const std::string& digest = route->reference;
-                // Looked up once: the registry's lookups take a lock, and two loops share it.
-                static metrics::Counter& hits = outcome_counter("blob", "hit");
-                static metrics::Counter& served = metrics::global().counter(
-                    "drayage_http_worker_hits_total",
-                    "Cache hits served by hit workers (http.workers), not the main loop.");
-                if (req.method == "GET" && req.header("Range").empty() &&
-                    serve_small_hit(*ex, cache, digest) == SmallHit::served) {
-                    hits.inc();
-                    served.inc();
-                    return;
-                }
-                auto whole = cache.open_complete_reader(digest, 0, std::nullopt);
-                if (whole) {
-                    ex->set_outcome("hit");
-                    hits.inc();
-                    served.inc();
-                    if (req.method == "HEAD") {
-                        ex->send_head_lines(200, blob_head_lines(digest), (*whole)->blob_size());
-                        return ex->finish();
-                    }
-                    return respond_from_cache(ex, digest, std::string(req.header("Range")),
-                                              std::move(whole));
-                }
-            }
-        }
+        if ((req.method == "GET" || req.method == "HEAD") && serve_worker_hit(ex, cache, auth))
+            return;
         // Everything else (misses, fills, manifests, pushes, errors) is the main loop's.
         if (!ex->hand_off())
             send_error(*ex, 503, "UNAVAILABLE", "request could not be handed over");
@@ -273,8 +315,22 @@ http::Handler make_hit_handler(cache::Cache& cache, const Authenticator* auth) {
 // Every mirror, open or not, serves a blob for <name> only once it knows <name> holds it, as
 // the registry would (prove_blob): /v2/<other>/blobs/<digest> of a cached blob is a 404.
 void RegistryFront::Impl::serve_blob(const std::shared_ptr<Exchange>& ex, const Route& r) {
-    auto linked = deps.cache->is_linked(r.name, r.reference);
-    if (linked && *linked) return serve_proven_blob(ex, r);  // the hit path: no closure
+    const http::Request& req = ex->request();
+    std::optional<bool> linked;
+    if (req.method == "GET" && req.header("Range").empty()) {
+        // The hit path: the link is looked up with the blob, in one read transaction.
+        const cache::Cache::LinkProof proof{r.name, true};
+        switch (serve_whole_hit(ex, *deps.cache, r.reference, &proof)) {
+            case WholeHit::served: return;
+            case WholeHit::unlinked: linked = false; break;
+            case WholeHit::not_served: break;  // not cached, filling, or the read failed
+        }
+    }
+    if (!linked) {
+        auto known = deps.cache->is_linked(r.name, r.reference);
+        linked = known && *known;
+    }
+    if (*linked) return serve_proven_blob(ex, r);
     auto self = shared_from_this();
     prove_blob(ex, r, [self, ex, r] { self->serve_proven_blob(ex, r); });
 }
@@ -282,18 +338,9 @@ void RegistryFront::Impl::serve_blob(const std::shared_ptr<Exchange>& ex, const 
 void RegistryFront::Impl::serve_proven_blob(const std::shared_ptr<Exchange>& ex, const Route& r) {
     const http::Request& req = ex->request();
     static metrics::Counter& hits = outcome_counter("blob", "hit");
-    if (req.method == "GET" && req.header("Range").empty()) {
-        switch (serve_small_hit(*ex, *deps.cache, r.reference)) {
-            case SmallHit::served: return hits.inc();
-            case SmallHit::larger: {  // known complete: no second lookup
-                auto whole = deps.cache->open_reader(r.reference, 0, std::nullopt);
-                if (!whole && whole.error().code == cache::kErrNotFound) break;  // evicted
-                ex->set_outcome("hit");
-                hits.inc();
-                return respond_from_cache(ex, r.reference, {}, std::move(whole));
-            }
-            case SmallHit::not_served: break;
-        }
+    if (req.method == "GET" && req.header("Range").empty() &&
+        serve_whole_hit(ex, *deps.cache, r.reference, nullptr) == WholeHit::served) {
+        return;
     }
     auto lookup = deps.cache->lookup(r.reference);
     if (!lookup) return send_error(*ex, 500, "UNKNOWN", lookup.error().message);

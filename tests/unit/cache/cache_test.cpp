@@ -468,6 +468,58 @@ TEMPLATE_TEST_CASE("the repository/digest relation", "[cache]", LmdbCache, Memor
     CHECK_FALSE(*cache->is_linked("library/busybox", d));
 }
 
+TEMPLATE_TEST_CASE("read_small proves the repository as is_linked does, queued links included",
+                   "[cache]", LmdbCache, MemoryCache) {
+    TempDir dir;
+    Base b;
+    auto cache = open_cache(b.base, TestType::options(dir, 64 * 1024 * 1024));
+    const std::string data = random_bytes(16 * 1024, 12);
+    const std::string d = sha256_digest(data);
+    fill_blob(*cache, b.base, data, d);
+    std::string buf;
+    auto read = [&](std::string_view repo, bool queued) {
+        buf.clear();
+        const Cache::LinkProof proof{repo, queued};
+        return cache->read_small(
+            d, kChunk,
+            [&](std::size_t n) {
+                buf.assign(n, 'x');
+                return buf.data();
+            },
+            &proof);
+    };
+    auto not_linked = [](const auto& r) { return !r && r.error().code == kErrNotLinked; };
+    CHECK(not_linked(read("team/a", true)));
+    CHECK(buf.empty());
+
+    // Queued links count on the loop at once (whether the writer has committed them yet or not,
+    // which a test cannot hold back); other threads see them once committed.
+    cache->link("team/a", d);
+    auto r = read("team/a", true);
+    REQUIRE(r.ok());
+    CHECK(**r == data.size());
+    CHECK(buf == data);
+    CHECK(not_linked(read("team/b", true)));
+    wait_idle(*cache, b.base);
+    CHECK(read("team/a", false).ok());
+
+    bool done = false;
+    cache->link("team/b", d);
+    wait_idle(*cache, b.base);
+    cache->unlink("team/a", d, [&] { done = true; });  // queued: gone at once on the loop
+    CHECK(not_linked(read("team/a", true)));
+    REQUIRE(pump(b.base, [&] { return done; }));
+    CHECK(not_linked(read("team/a", false)));
+    CHECK(read("team/b", true).ok());
+
+    // Complete but larger than asked, and linked: nullopt, for a reader to stream.
+    const Cache::LinkProof proof{"team/b", true};
+    auto larger = cache->read_small(
+        d, 1024, [](std::size_t) -> char* { return nullptr; }, &proof);
+    REQUIRE(larger.ok());
+    CHECK_FALSE(larger->has_value());
+}
+
 TEMPLATE_TEST_CASE("unlink ends a repository's records and drops the blob with its last link",
                    "[cache]", LmdbCache, MemoryCache) {
     TempDir dir;

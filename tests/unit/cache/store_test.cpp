@@ -110,7 +110,7 @@ TEMPLATE_TEST_CASE("store reads small complete blobs whole in one go", "[store]"
             std::string data = random_bytes(size, size + 7);
             std::string digest = sha256_digest(data);
             write_blob(*store, digest, data);
-            auto r = store->read_small(digest, cs, place);
+            auto r = store->read_small(digest, cs, place, {});
             REQUIRE(r.ok());
             REQUIRE(r->has_value());
             CHECK((*r)->copied);
@@ -124,7 +124,7 @@ TEMPLATE_TEST_CASE("store reads small complete blobs whole in one go", "[store]"
         std::string digest = sha256_digest(data);
         write_blob(*store, digest, data);
         for (std::uint64_t max : {std::uint64_t{1024}, cs + 1, std::uint64_t{1} << 30}) {
-            auto r = store->read_small(digest, max, place);
+            auto r = store->read_small(digest, max, place, {});
             REQUIRE(r.ok());
             REQUIRE(r->has_value());
             CHECK_FALSE((*r)->copied);
@@ -133,7 +133,7 @@ TEMPLATE_TEST_CASE("store reads small complete blobs whole in one go", "[store]"
         CHECK(calls == 0);
     }
     SECTION("absent, and still filling") {
-        auto r = store->read_small(sha256_digest("nothing"), cs, place);
+        auto r = store->read_small(sha256_digest("nothing"), cs, place, {});
         REQUIRE(r.ok());
         CHECK_FALSE(r->has_value());
         auto w = store->begin_write();
@@ -144,13 +144,58 @@ TEMPLATE_TEST_CASE("store reads small complete blobs whole in one go", "[store]"
         REQUIRE((*w)->put_chunk(m.blob_id, 0, "fill").ok());
         REQUIRE((*w)->put_meta(m).ok());  // state filling
         REQUIRE((*w)->commit().ok());
-        r = store->read_small(m.digest, cs, place);
+        r = store->read_small(m.digest, cs, place, {});
         REQUIRE(r.ok());
         REQUIRE(r->has_value());
         CHECK_FALSE((*r)->copied);
         CHECK((*r)->meta.state == BlobState::filling);
         CHECK(calls == 0);
     }
+}
+
+TEMPLATE_TEST_CASE("store reads a small blob only for a repository that links it", "[store]",
+                   LmdbKind, MemoryKind) {
+    TempDir dir;
+    auto store = TestType::make({dir.path.string(), 64 * 1024 * 1024, 256 * 1024});
+    const std::uint64_t cs = store->chunk_size();
+    std::string placed;
+    auto place = [&](std::size_t n) {
+        placed.assign(n, '\0');
+        return placed.data();
+    };
+    std::string data = random_bytes(16384, 11);
+    std::string digest = sha256_digest(data);
+    write_blob(*store, digest, data);
+    {
+        auto w = store->begin_write();
+        REQUIRE((*w)->link("team/a", digest).ok());
+        REQUIRE((*w)->commit().ok());
+    }
+    auto r = store->read_small(digest, cs, place, "team/a");
+    REQUIRE(r.ok());
+    REQUIRE(r->has_value());
+    CHECK((*r)->linked);
+    CHECK((*r)->copied);
+    CHECK(placed == data);
+    for (std::string_view other : {"team/b", "team", "team/aa"}) {
+        placed.clear();
+        r = store->read_small(digest, cs, place, other);
+        REQUIRE(r.ok());
+        REQUIRE(r->has_value());
+        CHECK_FALSE((*r)->linked);
+        CHECK_FALSE((*r)->copied);
+        CHECK(placed.empty());
+    }
+    // Linked but not cached: no meta, as without the proof.
+    const std::string absent = sha256_digest("absent");
+    {
+        auto w = store->begin_write();
+        REQUIRE((*w)->link("team/a", absent).ok());
+        REQUIRE((*w)->commit().ok());
+    }
+    r = store->read_small(absent, cs, place, "team/a");
+    REQUIRE(r.ok());
+    CHECK_FALSE(r->has_value());
 }
 
 TEMPLATE_TEST_CASE("store drops blobs and collects their chunks in bounded steps", "[store]",
