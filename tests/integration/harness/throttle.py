@@ -10,8 +10,9 @@ Each connection through it gets its own connection to the origin and, in each di
   - a one-way delay of `delay_ms`: a chunk is delivered that long after it left the link, and the
     origin connection is opened that long after the client connected (the SYN's trip). A request
     and its answer therefore wait at least 2 x delay_ms more than on loopback.
-Bytes held per direction are bounded (rate x delay + 1 MiB): past it the proxy stops reading that
-side, so TCP flow control reaches the sender as on a real link. A FIN is passed on after the
+The source is read at most 20 ms of link time ahead, and bytes held per direction are bounded
+(rate x (delay + 20 ms) + 1 MiB): past that the proxy stops reading the side, so TCP flow control
+reaches the sender as on a real link. A FIN is passed on after the
 bytes before it; a reset (or error) on either side is passed on at once as a reset to the other.
 
 Counters (`stats()`): `connections` accepted (each is one connection the origin saw), `open` now,

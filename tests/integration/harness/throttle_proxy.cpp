@@ -6,8 +6,9 @@
 //     the other, so N bytes take at least N / rate;
 //   - delay: a chunk is delivered `delay` after it left the link; the origin connection is opened
 //     `delay` after the client connected;
-//   - bytes held per direction are bounded (rate x delay + 1 MiB): past it the proxy stops reading
-//     that side, so TCP flow control reaches the sender as on a real link;
+//   - the source is read at most 20 ms of link time ahead, and bytes held per direction are
+//     bounded (rate x (delay + 20 ms) + 1 MiB): past that the proxy stops reading the side, so
+//     TCP flow control reaches the sender as on a real link;
 //   - a FIN is passed on after the bytes before it; a reset or error on either side resets both.
 // It is C++ rather than Python so that 8 connections at 50 MB/s cost little CPU on a 2-core
 // machine shared with the servers it measures.
@@ -44,10 +45,12 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 constexpr size_t kBurst = 1 << 20;
-// One read takes at most this much. The source is read only when the modelled link is free, so
-// its bytes collect in the socket meanwhile and reads are large (libevent's bufferevents read
-// at most 4 KiB at a time in 2.1, which cost more CPU than the servers being measured).
+// One read takes at most this much. The source is read only when the modelled link is nearly
+// free (flow()), so its bytes collect in the socket meanwhile and reads are large (libevent's
+// bufferevents read at most 4 KiB at a time in 2.1, which cost more CPU than the servers being
+// measured).
 constexpr size_t kMaxRead = 256 * 1024;
+constexpr auto kLookahead = std::chrono::milliseconds(20);
 
 struct EventFree {
     void operator()(event* e) const { event_free(e); }
@@ -220,18 +223,21 @@ bool Direction::write_out() {
     return true;
 }
 
-// Reads the source only while the modelled link is free and the bytes held are under the bound
-// (resuming below half of it), so TCP flow control reaches the sender as on a real link.
+// Reads the source only while the modelled link has less than kLookahead left to send and the
+// bytes held are under the bound (resuming below half of it), so TCP flow control reaches the
+// sender as on a real link. Reading a little ahead keeps the link from idling while a timer is
+// late (release times come from link_free alone, so lateness never adds up), and pausing until
+// then lets the sender's bytes collect in the socket, so reads are large.
 void Direction::flow() {
     auto now = Clock::now();
-    bool link_busy = g_settings.rate > 0 && link_free > now;
+    bool link_busy = g_settings.rate > 0 && link_free > now + kLookahead;
     bool room = held <= (reading ? limit : limit / 2);
     bool want = src_ready && !eof && room && !link_busy;
     if (want != reading) {
         reading = want;
         want ? event_add(read_ev.get(), nullptr) : event_del(read_ev.get());
     }
-    if (src_ready && !eof && room && link_busy) arm(link_timer.get(), link_free);
+    if (src_ready && !eof && room && link_busy) arm(link_timer.get(), link_free - kLookahead);
 }
 
 void on_connect_timer(evutil_socket_t, short, void* ctx) {
@@ -243,9 +249,8 @@ void on_connect_ev(evutil_socket_t, short, void* ctx) {
 }
 
 Connection::Connection(int client_fd) : client(client_fd) {
-    size_t limit = static_cast<size_t>(g_settings.rate *
-                                       std::chrono::duration<double>(g_settings.delay).count()) +
-                   kBurst;
+    double seconds = std::chrono::duration<double>(g_settings.delay + kLookahead).count();
+    size_t limit = static_cast<size_t>(g_settings.rate * seconds) + kBurst;
     up.counter = &g_stats.bytes_up;
     down.counter = &g_stats.bytes_down;
     for (Direction* d : {&up, &down}) {
