@@ -53,6 +53,8 @@ class Throttle:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> "Throttle":
+        if not self.binary.exists():
+            raise RuntimeError(f"no {self.binary}: build it first (ninja -C BUILD)")
         argv = [str(self.binary), "--upstream", f"{self.upstream[0]}:{self.upstream[1]}",
                 "--port", "0", "--rate", str(self.rate or 0),
                 "--delay-ms", str(self.delay_ms)]
@@ -61,8 +63,7 @@ class Throttle:
         line = self.proc.stdout.readline()
         if not line.startswith("listening "):
             terminate(self.proc)
-            raise RuntimeError(f"{self.binary} did not start (said {line!r}); built? "
-                               f"(ninja -C BUILD)")
+            raise RuntimeError(f"{self.binary} did not start (said {line!r})")
         self.port = int(line.split()[1])
         return self
 
