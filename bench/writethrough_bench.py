@@ -26,17 +26,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
 from harness.drayage import Drayage  # noqa: E402
+from harness.net import cpu_seconds  # noqa: E402
 from harness.registry import MiB, Registry  # noqa: E402
 from harness.swift import Swift  # noqa: E402
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """user + system time of a process, all its threads included."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def pull(url: str) -> None:

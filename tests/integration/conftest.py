@@ -43,3 +43,21 @@ def drayage_factory(drayage_bin, tmp_path):
     yield start
     for d in started:
         d.stop()
+
+
+@pytest.fixture
+def throttle_factory(build_dir):
+    """Starts throttling, delaying proxies (harness/throttle.py) in front of 127.0.0.1 origins:
+    throttle_factory(origin_port, rate=50e6, delay_ms=10); stops them all at teardown."""
+    from harness.throttle import Throttle
+
+    started = []
+
+    def start(origin_port: int, rate: float | None = None, delay_ms: float = 0.0) -> Throttle:
+        t = Throttle(build_dir, "127.0.0.1", origin_port, rate=rate, delay_ms=delay_ms).start()
+        started.append(t)
+        return t
+
+    yield start
+    for t in started:
+        t.stop()

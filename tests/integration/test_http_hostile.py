@@ -7,7 +7,6 @@ http_test_server in test_http_server.py and in tests/unit/http/parser_test.cpp.
 import hashlib
 import http.server
 import json
-import os
 import socket
 import threading
 import time
@@ -16,16 +15,9 @@ import pytest
 import requests
 
 from harness.drayage import Drayage
-from harness.net import wait_until
+from harness.net import cpu_seconds, wait_until
 
 MiB = 1 << 20
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time `pid` has used so far (/proc/<pid>/stat utime + stime)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()  # after "pid (comm)": field 3 onwards
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def nofile_limits(pid: int) -> tuple[int, int]:

@@ -1,4 +1,5 @@
-"""Ports and waiting, for servers the tests start on 127.0.0.1."""
+"""Ports and waiting, for servers the tests start on 127.0.0.1; what /proc says about them."""
+import os
 import signal
 import socket
 import subprocess
@@ -51,6 +52,13 @@ def peak_rss_kib(pid: int) -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1])
     return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time `pid` has used so far (/proc/<pid>/stat utime + stime)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()  # after "pid (comm)": field 3 onwards
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def terminate(proc: subprocess.Popen, timeout: float = 20.0) -> int:
