@@ -212,6 +212,9 @@ def test_bucket_answering_a_resume_with_200_instead_of_206(drayage_factory, buil
         hexd = DIGEST.split(":", 1)[1]
         key = f"/bkt/r/docker/registry/v2/blobs/sha256/{hexd[:2]}/{hexd}/data"
         etag = {"ETag": '"blob-etag"'}
+        # The repository holds the blob: its _layers link is in the bucket (the proof's HEAD).
+        up.script(f"/bkt/r/docker/registry/v2/repositories/a/b/_layers/sha256/{hexd}/link",
+                  up.answer(DIGEST.encode()))
         up.gate.clear()
         up.script(key, [up.answer(BLOB, headers=etag, upto=len(BLOB) // 2, hold_at=HOLD),
                         up.answer(BLOB, headers=etag)])

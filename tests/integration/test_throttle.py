@@ -158,12 +158,13 @@ def test_origin_reset_reaches_the_client(origin_factory, throttle_factory):
     t = throttle_factory(origin.port, rate=100e6, delay_ms=1)
     with socket.create_connection(("127.0.0.1", t.port), timeout=60) as s:
         s.sendall(struct.pack("!Q", 0))
-        recv_exactly(s, 32)
         got = 0
+        # A reset discards what the receiving kernel had not handed over yet, so the reset may
+        # reach the client before any byte (even the digest): only the reset itself is certain.
         with pytest.raises(ConnectionResetError):
             while part := s.recv(1 << 20):
                 got += len(part)
-        assert got <= MiB  # what came before the reset, at most
+        assert got <= 32 + MiB  # what came before the reset, at most
 
 
 def test_client_reset_reaches_the_origin(origin_factory, throttle_factory):

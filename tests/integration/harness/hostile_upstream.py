@@ -197,16 +197,18 @@ class HostileUpstream:
                 b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}',
                 head_only=req["method"] == "HEAD")
         what = self.scripts.get(path)
+        if what is not None and req["method"] == "HEAD" and (
+                "/blobs/" in path or path.endswith("/link")):
+            # The blob exists (drayage proves that a repository holds a blob before it serves
+            # it: a HEAD of the blob upstream, or of the repository's _layers link in the
+            # bucket); what misbehaves is the GET. A HEAD takes no scripted answer.
+            return self._send(conn, 200, {"Content-Type": "application/octet-stream"}, b"",
+                              head_only=True)
         if isinstance(what, list):
             with self._lock:
                 what = what.pop(0) if len(what) > 1 else what[0]
         if callable(what):
             return what(conn, req)
-        if what is not None and req["method"] == "HEAD" and "/blobs/" in path:
-            # The blob exists (drayage proves a repository holds a blob with a HEAD before it
-            # serves it); what misbehaves is its GET.
-            return self._send(conn, 200, {"Content-Type": "application/octet-stream"}, b"",
-                              head_only=True)
         if what == "stall_blob":
             return self.answer(b"s" * STALL_SIZE, upto=STALL_AFTER, then="stall",
                                headers={"Content-Type": "application/octet-stream"})(conn, req)
